@@ -1,0 +1,66 @@
+"""`python -m mpigd` and the `mpigd` console script.
+
+Unlike `python -m mpi4py`, a plain `python -m mpigd` gets no abort-on-exception from
+mpi4py: a rank that raises or exits non-zero would leave the others blocked in their
+next collective forever. This entry point gives the same guarantee itself:
+
+* errors every rank agreed on (MpigdError with collective=True, and argument errors,
+  which every rank hits alike) are printed once by rank 0 and all ranks exit with 2;
+* anything else on any rank — an unexpected exception, a non-zero sys.exit, Ctrl-C —
+  is reported by that rank and ends the whole job through MPI_Abort.
+"""
+
+import sys
+import traceback
+
+from .errors import MpigdError, world_rank
+
+
+def _mpi_world_size():
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        return mpi.COMM_WORLD.Get_size()
+    return 1
+
+
+def _abort_job(code):
+    if _mpi_world_size() > 1:
+        sys.stderr.flush()
+        sys.stdout.flush()
+        from .comm import abort
+
+        abort(code)
+    return code
+
+
+def run(argv=None):
+    from .cli import main as cli_main
+
+    try:
+        return cli_main(argv)
+    except MpigdError as exc:
+        if exc.collective or _mpi_world_size() == 1:
+            if world_rank() == 0:
+                print(f"mpigd: error: {exc}", file=sys.stderr, flush=True)
+            return 2
+        print(f"mpigd: error on rank {world_rank()}: {exc}", file=sys.stderr, flush=True)
+        return _abort_job(2)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        return code if code == 0 else _abort_job(code)
+    except KeyboardInterrupt:
+        print(f"mpigd: interrupted on rank {world_rank()}", file=sys.stderr, flush=True)
+        return _abort_job(130)
+    except BaseException:  # noqa: BLE001 - a bug on one rank must not hang the others
+        print(f"mpigd: unexpected error on rank {world_rank()} (this is a bug in mpigd or "
+              "its environment; the job is being aborted):", file=sys.stderr)
+        traceback.print_exc()
+        return _abort_job(1)
+
+
+def main(argv=None):
+    sys.exit(run(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""One dataclass for a training run: defaults here, then a TOML file, then the command line.
+
+Validation turns every bad value into an MpigdError that names the option and says
+what would be accepted. Nothing from a file or the command line is ever evaluated.
+"""
+
+import math
+import sys
+from dataclasses import asdict, dataclass, fields
+
+from .errors import MpigdError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class TrainConfig:
+    data: str | None = None          # HDF5 input; None = the embedded synthetic default
+    x_dataset: str = "X"
+    y_dataset: str = "y"
+    iters: int = 200                 # maximum number of updates
+    lr: str | float = "auto"         # step size, or "auto" = 1 / lambda_max(X^T X)
+    tol: float = 1e-6                # stop when ||g_t|| <= tol * ||g_0||; 0 = never
+    out: str | None = None           # run directory; None = runs/<timestamp>
+    force: bool = False              # allow replacing a previous result in `out`
+    dedicated_server: bool = False   # rank 0 holds no rows, only serves and updates
+    dtype: str = "auto"              # compute precision: auto (the file's), float64, float32
+    standardize: bool = False
+    intercept: bool = False
+    threads: int | None = None       # BLAS threads per rank; None = 1 when ranks > 1
+    straggler: str | None = None     # "RANK:SECONDS" of sleep added to RANK's compute
+    seed: int = 0                    # start vector of the power iteration for --lr auto
+    quiet: bool = False
+
+    def to_dict(self):
+        return asdict(self)
+
+
+FIELDS = {f.name: f for f in fields(TrainConfig)}
+_BOOLEAN = {"force", "dedicated_server", "standardize", "intercept", "quiet"}
+_INTEGER = {"iters", "threads", "seed"}
+_FLOAT = {"tol"}
+_STRING = {"data", "x_dataset", "y_dataset", "out", "dtype", "straggler"}
+
+
+def _option(name):
+    return "--" + name.replace("_", "-")
+
+
+def load_file(path):
+    """Settings from a TOML file; keys are option names (dashes or underscores)."""
+    try:
+        with open(path, "rb") as handle:
+            raw = tomllib.load(handle)
+    except OSError as exc:
+        raise MpigdError(f"cannot read config file {path}: {exc.strerror or exc}")
+    except tomllib.TOMLDecodeError as exc:
+        raise MpigdError(f"config file {path} is not valid TOML: {exc}")
+    settings = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in FIELDS:
+            known = ", ".join(sorted(FIELDS))
+            raise MpigdError(f"config file {path}: unknown key '{key}' (known keys: {known})")
+        settings[name] = _typed(name, value, f"config file {path}: key '{key}'")
+    return settings
+
+
+def _typed(name, value, where):
+    """Check a TOML value's type against the option's; TOML already parsed the literal."""
+    ok = (
+        (name in _BOOLEAN and isinstance(value, bool))
+        or (name in _INTEGER and isinstance(value, int) and not isinstance(value, bool))
+        or (name in _FLOAT and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (name in _STRING and isinstance(value, str))
+        or (name == "lr" and (value == "auto" or (isinstance(value, (int, float)) and not isinstance(value, bool))))
+    )
+    if not ok:
+        wanted = ("true/false" if name in _BOOLEAN else "an integer" if name in _INTEGER
+                  else "a number" if name in _FLOAT else '"auto" or a number' if name == "lr"
+                  else "a string")
+        raise MpigdError(f"{where} must be {wanted}, got {value!r}")
+    return value
+
+
+def build(file_settings, cli_settings):
+    """Defaults < file < command line, then validated."""
+    merged = TrainConfig().to_dict()
+    merged.update(file_settings)
+    merged.update(cli_settings)
+    return validate(TrainConfig(**merged))
+
+
+def _number(text, option, cast=float):
+    try:
+        value = cast(text)
+    except (TypeError, ValueError):
+        raise MpigdError(f"{option} must be a number, got {text!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise MpigdError(f"{option} must be finite, got {text!r}")
+    return value
+
+
+def parse_straggler(text):
+    """'RANK:SECONDS' -> (rank, seconds)."""
+    rank, sep, seconds = str(text).partition(":")
+    if not sep or not rank.strip().isdigit():
+        raise MpigdError(f"--straggler must look like RANK:SECONDS, e.g. 1:0.05; got {text!r}")
+    delay = _number(seconds, "--straggler SECONDS")
+    if delay < 0:
+        raise MpigdError(f"--straggler SECONDS must be >= 0, got {seconds!r}")
+    return int(rank), delay
+
+
+def validate(config):
+    if config.lr != "auto":
+        config.lr = _number(config.lr, "--lr")
+        if config.lr <= 0:
+            raise MpigdError(f"--lr must be > 0 (or 'auto'), got {config.lr}")
+    config.iters = _number(config.iters, "--iters", int)
+    if config.iters < 1:
+        raise MpigdError(f"--iters must be >= 1, got {config.iters}")
+    config.tol = _number(config.tol, "--tol")
+    if config.tol < 0:
+        raise MpigdError(f"--tol must be >= 0 (0 runs all --iters), got {config.tol}")
+    if config.threads is not None:
+        config.threads = _number(config.threads, "--threads", int)
+        if config.threads < 1:
+            raise MpigdError(f"--threads must be >= 1, got {config.threads}")
+    if config.dtype not in ("auto", "float64", "float32"):
+        raise MpigdError(f"--dtype must be auto, float64 or float32, got {config.dtype!r}")
+    if config.straggler is not None:
+        parse_straggler(config.straggler)
+    for name in ("x_dataset", "y_dataset"):
+        if not getattr(config, name):
+            raise MpigdError(f"{_option(name)} must not be empty")
+    return config

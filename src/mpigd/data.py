@@ -1,0 +1,150 @@
+"""Data parallelism: which rows a rank owns, and reading exactly those rows from HDF5.
+
+Every rank opens the file read-only on its own (HDF5 needs no parallel driver for
+concurrent readers) and reads only its contiguous, balanced block of rows straight into
+a preallocated array.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import MpigdError
+
+# Row blocks for the NaN/Inf scan: big enough to amortize numpy's call overhead, small
+# enough that the boolean scratch stays a few MB whatever the shard size.
+_SCAN_BYTES = 4 << 20
+
+
+def block_range(n, parts, index):
+    """Rows [lo, hi) of block `index` when n rows are split into `parts` balanced blocks.
+
+    The first n mod parts blocks get one extra row.
+    """
+    q, r = divmod(n, parts)
+    lo = index * q + min(index, r)
+    return lo, lo + q + (index < r)
+
+
+def shard_rows(n, size, rank, dedicated_server):
+    """Rows [lo, hi) held by `rank` of `size`; with a dedicated server rank 0 holds none."""
+    if not dedicated_server:
+        return block_range(n, size, rank)
+    if rank == 0:
+        return 0, 0
+    return block_range(n, size - 1, rank - 1)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a rank needs to know about the input before reading its rows."""
+
+    path: str
+    x_name: str
+    y_name: str
+    rows: int
+    features: int
+    x_dtype: str
+    y_dtype: str
+    y_shape: tuple
+
+
+def _names_in(h5file):
+    names = []
+    h5file.visititems(lambda name, obj: names.append(name) if hasattr(obj, "shape") else None)
+    return names
+
+
+def _dataset(h5file, name, role, option):
+    import h5py
+
+    obj = h5file.get(name)
+    if not isinstance(obj, h5py.Dataset):
+        found = ", ".join(_names_in(h5file)) or "none"
+        what = "is not a dataset" if obj is not None else "not found"
+        raise MpigdError(
+            f"{role} dataset '{name}' {what} in {h5file.filename} (datasets there: {found}); "
+            f"choose one with {option} NAME"
+        )
+    if obj.dtype.kind not in "fiu":
+        raise MpigdError(
+            f"{role} dataset '{name}' has dtype {obj.dtype}, not a number type; "
+            "store it as float64 or float32"
+        )
+    return obj
+
+
+def open_input(path):
+    """Open an input file read-only, with a message that says what to do when it fails."""
+    import os
+
+    import h5py
+
+    if not os.path.exists(path):
+        raise MpigdError(
+            f"data file {path} does not exist; check --data, or create one with "
+            "`python -m mpigd generate --rows N --features D --out FILE.h5`"
+        )
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise MpigdError(f"cannot open {path} as an HDF5 file ({exc}); is it complete and HDF5?")
+
+
+def inspect(h5file, x_name, y_name):
+    """Validate the shapes and types of X and y; everything a rank needs before reading."""
+    x = _dataset(h5file, x_name, "X", "--x-dataset")
+    y = _dataset(h5file, y_name, "y", "--y-dataset")
+    if x.ndim != 2:
+        raise MpigdError(f"X dataset '{x_name}' must be 2-D (rows x features), has shape {x.shape}")
+    rows, features = x.shape
+    if features == 0:
+        raise MpigdError(f"X dataset '{x_name}' has zero features (shape {x.shape})")
+    if not (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)):
+        raise MpigdError(f"y dataset '{y_name}' must have shape (n,) or (n, 1), has {y.shape}")
+    if y.shape[0] != rows:
+        raise MpigdError(
+            f"y dataset '{y_name}' has {y.shape[0]} rows but X '{x_name}' has {rows}; "
+            "they must describe the same samples"
+        )
+    return DatasetInfo(
+        path=h5file.filename, x_name=x_name, y_name=y_name, rows=rows, features=features,
+        x_dtype=str(x.dtype), y_dtype=str(y.dtype), y_shape=tuple(y.shape),
+    )
+
+
+def read_shard(h5file, info, lo, hi, dtype):
+    """Read rows [lo, hi) of X and y into fresh arrays of `dtype`, and nothing else.
+
+    read_direct converts the type inside HDF5, chunk by chunk, so a float32 file read as
+    float64 (or the reverse) never holds a second full-size copy.
+    """
+    X = np.empty((hi - lo, info.features), dtype=dtype)
+    y = np.empty(hi - lo, dtype=dtype)
+    if hi > lo:
+        h5file[info.x_name].read_direct(X, source_sel=np.s_[lo:hi])
+        y_view = y if len(info.y_shape) == 1 else y.reshape(-1, 1)
+        h5file[info.y_name].read_direct(y_view, source_sel=np.s_[lo:hi])
+    return X, y
+
+
+def check_finite(X, y, first_row, limit=5):
+    """Raise naming the first global rows (at most `limit`) holding NaN or Inf."""
+    bad = []
+    if not np.isfinite(y).all():
+        bad += [("y", int(i)) for i in np.flatnonzero(~np.isfinite(y))[:limit]]
+    block = max(1, _SCAN_BYTES // max(1, X.shape[1] * X.itemsize))
+    scratch = np.empty((min(block, len(X)), X.shape[1]), dtype=bool)
+    for lo in range(0, len(X), block):
+        part = X[lo : lo + block]
+        finite = np.isfinite(part, out=scratch[: len(part)])
+        if not finite.all():
+            rows = np.flatnonzero(~finite.all(axis=1))[:limit] + lo
+            bad += [("X", int(i)) for i in rows]
+            if len(bad) >= limit:
+                break
+    if bad:
+        where = ", ".join(f"{name} row {first_row + i}" for name, i in sorted(bad)[:limit])
+        raise MpigdError(
+            f"NaN or Inf in the data at {where}; clean or drop these rows before training"
+        )
