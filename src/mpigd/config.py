@@ -56,9 +56,9 @@ def load_file(path):
         with open(path, "rb") as handle:
             raw = tomllib.load(handle)
     except OSError as exc:
-        raise MpigdError(f"cannot read config file {path}: {exc.strerror or exc}")
+        raise MpigdError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise MpigdError(f"config file {path} is not valid TOML: {exc}")
+        raise MpigdError(f"config file {path} is not valid TOML: {exc}") from None
     settings = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
@@ -71,12 +71,13 @@ def load_file(path):
 
 def _typed(name, value, where):
     """Check a TOML value's type against the option's; TOML already parsed the literal."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
     ok = (
         (name in _BOOLEAN and isinstance(value, bool))
-        or (name in _INTEGER and isinstance(value, int) and not isinstance(value, bool))
-        or (name in _FLOAT and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (name in _INTEGER and number and isinstance(value, int))
+        or (name in _FLOAT and number)
         or (name in _STRING and isinstance(value, str))
-        or (name == "lr" and (value == "auto" or (isinstance(value, (int, float)) and not isinstance(value, bool))))
+        or (name == "lr" and (value == "auto" or number))
     )
     if not ok:
         wanted = ("true/false" if name in _BOOLEAN else "an integer" if name in _INTEGER
@@ -98,7 +99,7 @@ def _number(text, option, cast=float):
     try:
         value = cast(text)
     except (TypeError, ValueError):
-        raise MpigdError(f"{option} must be a number, got {text!r}")
+        raise MpigdError(f"{option} must be a number, got {text!r}") from None
     if isinstance(value, float) and not math.isfinite(value):
         raise MpigdError(f"{option} must be finite, got {text!r}")
     return value

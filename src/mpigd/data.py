@@ -88,7 +88,7 @@ def open_input(path):
     try:
         return h5py.File(path, "r")
     except OSError as exc:
-        raise MpigdError(f"cannot open {path} as an HDF5 file ({exc}); is it complete and HDF5?")
+        raise MpigdError(f"cannot open {path} as an HDF5 file ({exc}); is it complete and HDF5?") from None
 
 
 def inspect(h5file, x_name, y_name):

@@ -44,7 +44,8 @@ def choose_run_dir(out, force):
             pass
         os.remove(probe)
     except OSError as exc:
-        raise MpigdError(f"output directory {out} is not writable ({exc.strerror or exc}); choose another --out")
+        raise MpigdError(f"output directory {out} is not writable ({exc.strerror or exc}); "
+                         "choose another --out") from None
     return out
 
 

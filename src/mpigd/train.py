@@ -12,7 +12,7 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from . import __version__, data, report, synthetic
+from . import __version__, data, faults, report, synthetic
 from .comm import agreed
 from .config import parse_straggler
 from .errors import MpigdError
@@ -76,7 +76,7 @@ def slurm_info():
     return found or None
 
 
-def run(config, comm=MPI.COMM_WORLD, say=print):
+def run(config, comm=MPI.COMM_WORLD):
     """Collective: train as `config` says; return the result dict on rank 0, None elsewhere."""
     rank, size, root = comm.rank, comm.size, comm.rank == 0
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -88,12 +88,25 @@ def run(config, comm=MPI.COMM_WORLD, say=print):
         raise MpigdError(f"--straggler rank {straggler_rank} does not exist: ranks are 0..{size - 1}",
                          collective=True)
     threads = limit_blas_threads(config.threads, size)
+    fault = faults.planned(rank)
 
-    run_dir = None
+    run_dir = fresh = None
     with agreed(comm, "preparing the output directory"):
         if root:
+            fresh = config.out is None or not os.path.exists(config.out)
             run_dir = report.choose_run_dir(config.out, config.force)
+    try:
+        return _train(config, comm, run_dir, started, workers,
+                      straggle_s if rank == straggler_rank else 0.0, threads, fault)
+    except BaseException:
+        # A run that failed before writing anything leaves no empty directory behind.
+        if fresh and run_dir and os.path.isdir(run_dir) and not os.listdir(run_dir):
+            os.rmdir(run_dir)
+        raise
 
+
+def _train(config, comm, run_dir, started, workers, straggle_s, threads, fault, say=print):
+    rank, size, root = comm.rank, comm.size, comm.rank == 0
     data_path = config.data
     if data_path is None:
         data_path = DEFAULT_DATA
@@ -115,6 +128,8 @@ def run(config, comm=MPI.COMM_WORLD, say=print):
                 dtype = np.dtype(np.float64)  # integer data is computed in float64
             lo, hi = data.shard_rows(info.rows, size, rank, config.dedicated_server)
             X, y = data.read_shard(h5file, info, lo, hi, dtype)
+            if fault and fault[0] == "load":
+                faults.fail("load", rank)
         data.check_finite(X, y, first_row=lo)
     load_s = time.perf_counter() - load_started
 
@@ -132,9 +147,16 @@ def run(config, comm=MPI.COMM_WORLD, say=print):
         lr = float(config.lr)
 
     progress = report.Progress(config.iters, enabled=root and not config.quiet)
+    if fault and fault[0] == "loop":
+        def on_iteration(t, rules, fail_at=fault[1]):
+            progress(t, rules)
+            if t == fail_at:
+                faults.fail(f"loop iteration {t}", rank)
+    else:
+        on_iteration = progress
     trajectory = gradient_descent(
         comm, shard, np.zeros(info.features), lr, config.iters, config.tol,
-        straggle_s=straggle_s if rank == straggler_rank else 0.0, on_iteration=progress,
+        straggle_s=straggle_s, on_iteration=on_iteration,
     )
     seconds = trajectory.clock.gather(comm)
 

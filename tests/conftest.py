@@ -1,0 +1,74 @@
+"""Shared test helpers: real mpirun launches with a timeout, and small HDF5 inputs."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from mpigd.launch import mpi_command
+
+MPI_TIMEOUT = 120  # seconds; no MPI launch may hang the suite
+
+
+class Run:
+    def __init__(self, proc, seconds, out):
+        self.returncode, self.stdout, self.stderr = proc.returncode, proc.stdout, proc.stderr
+        self.seconds, self.out = seconds, out
+
+    @property
+    def result(self):
+        with open(os.path.join(self.out, "result.json")) as handle:
+            return json.load(handle)
+
+    @property
+    def weights(self):
+        with h5py.File(os.path.join(self.out, "weights.h5"), "r") as f:
+            return f["w"][()], (f["intercept"][()] if "intercept" in f else None)
+
+    def __repr__(self):
+        return f"<Run rc={self.returncode}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}>"
+
+
+def mpirun(ranks, *args, out=None, timeout=MPI_TIMEOUT, cwd=None, env=None):
+    """Launch `python -m mpigd` on `ranks` real MPI ranks; never waits past `timeout`."""
+    if out is not None:
+        args = (*args, "--out", out)
+    started = time.perf_counter()
+    proc = subprocess.run(mpi_command(ranks, *args), capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, stdin=subprocess.DEVNULL,
+                          env={**os.environ, **(env or {})})
+    return Run(proc, time.perf_counter() - started, out)
+
+
+def python_m(*args, timeout=MPI_TIMEOUT, cwd=None):
+    return subprocess.run([sys.executable, "-m", "mpigd", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd, stdin=subprocess.DEVNULL)
+
+
+def write_h5(path, X, y, x_name="X", y_name="y", **dataset_options):
+    with h5py.File(path, "w") as f:
+        f.create_dataset(x_name, data=X, **dataset_options)
+        f.create_dataset(y_name, data=y, **dataset_options)
+    return str(path)
+
+
+def serial_gd(X, y, lr, iters):
+    """The seed's update, in float64 numpy: w <- w - lr * X^T (X w - y)."""
+    w = np.zeros(X.shape[1])
+    for _ in range(iters):
+        w = w - lr * (X.T @ (X @ w - y))
+    return w
+
+
+@pytest.fixture
+def problem(tmp_path):
+    """A small well-conditioned problem whose row count no rank count 2..4 divides."""
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((1003, 6))
+    y = X @ rng.standard_normal(6) + 0.1 * rng.standard_normal(1003)
+    return X, y, write_h5(tmp_path / "data.h5", X, y)

@@ -1,0 +1,93 @@
+"""Never hang: a failure on one rank ends every rank promptly, with one clear message."""
+
+import os
+
+import numpy as np
+import pytest
+
+from conftest import mpirun, write_h5
+
+DEADLINE_S = 10
+
+
+def assert_one_clean_error(run, *fragments):
+    assert run.returncode != 0, run
+    assert run.seconds < DEADLINE_S, f"took {run.seconds:.1f} s"
+    assert run.stderr.count("mpigd: error") == 1, run
+    for fragment in fragments:
+        assert fragment in run.stderr, run
+    assert "Traceback" not in run.stderr, run
+    if run.out:
+        assert not os.path.exists(os.path.join(run.out, "result.json"))
+
+
+@pytest.mark.parametrize("iteration", [0, 3])
+def test_exception_in_the_loop_on_one_rank_ends_the_job(problem, tmp_path, iteration):
+    _, _, path = problem
+    run = mpirun(3, "--data", path, "--iters", 50, "--tol", 0, "--quiet", out=str(tmp_path / "r"),
+                 env={"MPIGD_INJECT_FAULT": f"1:loop:{iteration}"})
+    assert run.returncode != 0 and run.seconds < DEADLINE_S, run
+    assert "unexpected error on rank 1" in run.stderr and "InjectedFault" in run.stderr
+    assert not os.path.exists(tmp_path / "r" / "result.json")
+
+
+def test_exception_while_loading_on_one_rank_is_agreed(problem, tmp_path):
+    _, _, path = problem
+    run = mpirun(3, "--data", path, "--quiet", out=str(tmp_path / "r"),
+                 env={"MPIGD_INJECT_FAULT": "2:load"})
+    assert_one_clean_error(run, "rank 2:", "InjectedFault")
+    assert run.returncode == 2
+    assert not os.path.exists(tmp_path / "r")  # nothing written, no empty directory left
+
+
+def test_missing_file(tmp_path):
+    run = mpirun(3, "--data", str(tmp_path / "absent.h5"), out=str(tmp_path / "r"))
+    assert_one_clean_error(run, "does not exist", "mpigd generate")
+
+
+def test_wrong_dataset_name(problem, tmp_path):
+    _, _, path = problem
+    run = mpirun(2, "--data", path, "--x-dataset", "features", out=str(tmp_path / "r"))
+    assert_one_clean_error(run, "'features' not found", "datasets there: X, y")
+
+
+def test_nan_names_the_row(tmp_path):
+    X, y = np.ones((40, 3)), np.arange(40.0)
+    X[33, 2] = np.nan
+    run = mpirun(2, "--data", write_h5(tmp_path / "nan.h5", X, y), out=str(tmp_path / "r"))
+    assert_one_clean_error(run, "rank 1:", "X row 33")
+
+
+def test_fewer_rows_than_workers(tmp_path):
+    path = write_h5(tmp_path / "tiny.h5", np.ones((2, 3)), np.ones(2))
+    run = mpirun(3, "--data", path, out=str(tmp_path / "r"))
+    assert_one_clean_error(run, "2 rows cannot be shared by 3 workers")
+
+
+def test_unwritable_output(problem, tmp_path):
+    _, _, path = problem
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    run = mpirun(2, "--data", path, out=str(blocker / "sub"))
+    assert_one_clean_error(run, "not writable", "--out")
+
+
+def test_usage_error_is_printed_once(problem):
+    _, _, path = problem
+    run = mpirun(3, "--data", path, "--iters", "0")
+    assert_one_clean_error(run, "--iters must be >= 1")
+    run = mpirun(3, "--data", path, "--no-such-option")
+    assert_one_clean_error(run, "unrecognized arguments")
+
+
+def test_dedicated_server_needs_two_ranks(problem, tmp_path):
+    _, _, path = problem
+    run = mpirun(1, "--data", path, "--dedicated-server", out=str(tmp_path / "r"))
+    assert_one_clean_error(run, "at least 2 ranks")
+
+
+def test_diverging_lr_stops_with_advice(problem, tmp_path):
+    _, _, path = problem
+    run = mpirun(2, "--data", path, "--lr", 0.5, "--iters", 100, out=str(tmp_path / "r"))
+    assert_one_clean_error(run, "diverged", "--lr auto")
+    assert os.path.exists(tmp_path / "r" / "history-diverged.csv")
