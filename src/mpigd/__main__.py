@@ -42,7 +42,7 @@ def run(argv=None):
         if exc.collective or _mpi_world_size() == 1:
             if world_rank() == 0:
                 print(f"mpigd: error: {exc}", file=sys.stderr, flush=True)
-            return 2
+            return getattr(exc, "exit_code", 2)
         print(f"mpigd: error on rank {world_rank()}: {exc}", file=sys.stderr, flush=True)
         return _abort_job(2)
     except SystemExit as exc:

@@ -53,6 +53,16 @@ def _train_parser(sub):
                    help="add SECONDS of sleep to RANK's compute each iteration")
     p.add_argument("--seed", metavar="S", help="seed of the power iteration's start vector [0]")
     p.add_argument("--quiet", action="store_true", help="no progress lines, no summary table")
+    p.add_argument("--mode", choices=("server", "allreduce"),
+                   help="server: Bcast + Reduce to rank 0 (the lecture's client-server); "
+                   "allreduce: peer to peer, every rank updates its own w [server]")
+    p.add_argument("--trace", action="store_true",
+                   help="write trace.json: every rank's phases on one timeline (Perfetto)")
+    p.add_argument("--checkpoint-every", metavar="K",
+                   help="write checkpoint.h5 atomically every K iterations [0 = never]")
+    p.add_argument("--resume", metavar="DIR",
+                   help="continue the run in DIR from its checkpoint (data and options come "
+                   "from the checkpoint; --iters, --tol and a few others may be changed)")
     return p
 
 
@@ -111,8 +121,10 @@ def _train(options):
 
     options.pop("command", None)
     config_file = options.pop("config", None)
-    file_settings = configuration.load_file(config_file) if config_file else {}
-    config = configuration.build(file_settings, options)
+    resume_dir = options.pop("resume", None)
+    if not resume_dir:
+        file_settings = configuration.load_file(config_file) if config_file else {}
+        config = configuration.build(file_settings, options)
 
     from mpi4py import MPI  # MPI starts only now: parsing errors never needed it
 
@@ -120,7 +132,18 @@ def _train(options):
     from .train import run
 
     comm = MPI.COMM_WORLD
-    result = run(config, comm)
+    resume = None
+    if resume_dir:
+        from .checkpoint import load
+        from .comm import agreed
+
+        if config_file:
+            raise MpigdError("--resume takes the settings from the checkpoint; drop --config")
+        with agreed(comm, f"reading the checkpoint in {resume_dir}"):
+            resume = load(resume_dir)
+            config = configuration.for_resume(resume.config, options)
+            config.out = resume_dir
+    result = run(config, comm, resume)
     if comm.rank == 0:
         if not config.quiet:
             print(summary(result))

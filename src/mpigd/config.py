@@ -34,16 +34,22 @@ class TrainConfig:
     straggler: str | None = None     # "RANK:SECONDS" of sleep added to RANK's compute
     seed: int = 0                    # start vector of the power iteration for --lr auto
     quiet: bool = False
+    mode: str = "server"             # server (Bcast/Reduce) or allreduce (peer to peer)
+    trace: bool = False              # write trace.json (Chrome trace events)
+    checkpoint_every: int = 0        # write checkpoint.h5 every K iterations; 0 = never
 
     def to_dict(self):
         return asdict(self)
 
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
-_BOOLEAN = {"force", "dedicated_server", "standardize", "intercept", "quiet"}
-_INTEGER = {"iters", "threads", "seed"}
+_BOOLEAN = {"force", "dedicated_server", "standardize", "intercept", "quiet", "trace"}
+_INTEGER = {"iters", "threads", "seed", "checkpoint_every"}
 _FLOAT = {"tol"}
-_STRING = {"data", "x_dataset", "y_dataset", "out", "dtype", "straggler"}
+_STRING = {"data", "x_dataset", "y_dataset", "out", "dtype", "straggler", "mode"}
+# What a resumed run may change: everything else would make it a different computation.
+RESUME_OVERRIDABLE = {"iters", "tol", "quiet", "threads", "straggler", "trace",
+                      "checkpoint_every", "mode", "dedicated_server", "force"}
 
 
 def _option(name):
@@ -95,6 +101,20 @@ def build(file_settings, cli_settings):
     return validate(TrainConfig(**merged))
 
 
+def for_resume(saved, cli_settings):
+    """The config of a resumed run: the checkpoint's, with the few allowed overrides."""
+    before = validate(TrainConfig(**{name: saved[name] for name in FIELDS if name in saved}))
+    after = validate(TrainConfig(**{**before.to_dict(), **cli_settings}))
+    changed = [name for name in FIELDS
+               if name not in RESUME_OVERRIDABLE and getattr(after, name) != getattr(before, name)]
+    if changed:
+        names = ", ".join(_option(n) for n in changed)
+        allowed = ", ".join(_option(n) for n in sorted(RESUME_OVERRIDABLE))
+        raise MpigdError(f"--resume continues the run as it was configured; {names} cannot "
+                         f"change (allowed: {allowed})")
+    return after
+
+
 def _number(text, option, cast=float):
     try:
         value = cast(text)
@@ -131,6 +151,13 @@ def validate(config):
         config.threads = _number(config.threads, "--threads", int)
         if config.threads < 1:
             raise MpigdError(f"--threads must be >= 1, got {config.threads}")
+    config.checkpoint_every = _number(config.checkpoint_every, "--checkpoint-every", int)
+    if config.checkpoint_every < 0:
+        raise MpigdError(f"--checkpoint-every must be >= 0 (0 = never), got {config.checkpoint_every}")
+    if config.mode not in ("server", "allreduce"):
+        raise MpigdError(f"--mode must be server or allreduce, got {config.mode!r}")
+    if config.dedicated_server and config.mode == "allreduce":
+        raise MpigdError("--dedicated-server needs --mode server: with allreduce there is no server")
     if config.dtype not in ("auto", "float64", "float32"):
         raise MpigdError(f"--dtype must be auto, float64 or float32, got {config.dtype!r}")
     if config.straggler is not None:

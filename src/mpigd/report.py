@@ -58,13 +58,18 @@ def _atomic_write(path, text):
     os.replace(partial, path)
 
 
-def write_history(path, loss, grad_norm, seconds):
-    """One row per gradient pass t: loss and gradient norm at w_t, phase max over ranks."""
+def write_history(path, loss, grad_norm, seconds, first_timed=0):
+    """One row per gradient pass t: loss and gradient norm at w_t, phase max over ranks.
+
+    In a resumed run the iterations before `first_timed` come from the checkpoint, which
+    keeps no timings: their phase columns are empty.
+    """
     worst = seconds.max(axis=0)  # iterations x phases
     header = "iteration,loss,grad_norm," + ",".join(f"{p}_max_s" for p in PHASES)
     lines = [header]
     for t in range(len(loss)):
-        phases = ",".join(f"{v:.9f}" for v in worst[t])
+        timed = t - first_timed
+        phases = ",".join(f"{v:.9f}" for v in worst[timed]) if timed >= 0 else "," * (len(PHASES) - 1)
         lines.append(f"{t},{loss[t]:.17g},{grad_norm[t]:.17g},{phases}")
     _atomic_write(path, "\n".join(lines) + "\n")
 
@@ -89,8 +94,8 @@ def write_result(path, result):
 class Progress:
     """Rank 0's progress: a live line on a terminal, plain lines in batch logs."""
 
-    def __init__(self, max_iters, enabled, stream=sys.stdout):
-        self.max_iters, self.enabled, self.stream = max_iters, enabled, stream
+    def __init__(self, max_iters, enabled, stream=sys.stdout, start=0):
+        self.max_iters, self.enabled, self.stream, self.start = max_iters, enabled, stream, start
         self.tty = enabled and stream.isatty()
         self.every = max(1, max_iters // 10)
         self.last = time.monotonic()
@@ -109,7 +114,7 @@ class Progress:
                 self.stream.write(f"\r  [{bar}] {t}/{self.max_iters}  loss {rules.loss[t]:.6e}"
                                   + ("\n" if done else ""))
                 self.stream.flush()
-        elif done or t % self.every == 0 or now - self.last > 30:
+        elif done or t == self.start or t % self.every == 0 or now - self.last > 30:
             self.last = now
             rel = rules.grad_norm[t] / rules.grad_norm[0] if rules.grad_norm[0] else 0.0
             print(f"  iter {t:>6}/{self.max_iters}  loss {rules.loss[t]:.6e}  |g|/|g0| {rel:.3e}",

@@ -3,11 +3,13 @@
     rank 0 (server)                     every rank holding rows
     Bcast w_t  ───────────────────────▶ receive w_t
                                         g_k, loss_k over its own rows     (map)
-    Reduce(SUM) ◀───────────────────── [g_k, loss_k] packed, one message
+    Reduce(SUM) ◀───────────────────── [g_k, loss_k, stop_k] packed, one message
     w_t+1 = w_t - lr * g                (update)
 
 The server's stop decision rides on the next broadcast (one extra slot in the buffer),
-so stopping costs no extra collective.
+and a rank's request to stop (it got SIGTERM) rides on the Reduce, so neither costs an
+extra collective. `peer_to_peer_descent` is the lecture's other architecture: every rank
+Allreduces the gradient and updates its own copy of w, with no server.
 """
 
 import math
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
+from .signals import StopRequest
 from .timing import PhaseClock
 
 CONTINUE, STOP, DIVERGED = 0.0, 1.0, 2.0
@@ -27,33 +30,28 @@ GROWTH_MARGIN = 1e-9
 GROWTH_STREAK = 5
 
 
-@dataclass
-class Trajectory:
-    """What the loop leaves behind; loss/grad_norm/stop_reason are filled on rank 0 only."""
-
-    w: np.ndarray
-    iterations: int          # number of updates w_t -> w_t+1
-    evaluations: int         # gradient passes (= iterations + 1: the last one scores w_final)
-    stop_reason: str
-    loss: np.ndarray
-    grad_norm: np.ndarray
-    clock: PhaseClock
-    wall_s: float
-
-
 class StopRules:
-    """Rank 0's bookkeeping after each Reduce: record, then decide whether to go on."""
+    """Bookkeeping after each Reduce: record loss and |g|, then decide whether to go on.
 
-    def __init__(self, max_iters, tol):
-        self.max_iters, self.tol = max_iters, tol
+    Iterations are numbered globally, so a resumed run continues at `start` with the
+    history of the earlier iterations.
+    """
+
+    def __init__(self, max_iters, tol, start=0, loss=(), grad_norm=()):
+        self.max_iters, self.tol, self.start = max_iters, tol, start
         self.loss = np.zeros(max_iters + 1)
         self.grad_norm = np.zeros(max_iters + 1)
+        self.loss[:start], self.grad_norm[:start] = loss, grad_norm
         self.reason = ""
+        self.last = start - 1
         self._streak = 0
 
-    def decide(self, t, loss, g):
+    def decide(self, t, total):
+        """`total` is the reduced [g, loss, stop requests]."""
+        d = total.size - 2
+        g, loss = total[:d], float(total[d])
         norm = math.sqrt(float(np.dot(g, g)))
-        self.loss[t], self.grad_norm[t] = loss, norm
+        self.loss[t], self.grad_norm[t], self.last = loss, norm, t
         if not (math.isfinite(loss) and math.isfinite(norm)):
             self.reason = "diverged"
             return DIVERGED
@@ -64,29 +62,49 @@ class StopRules:
                 return DIVERGED
         else:
             self._streak = 0
+        if total[d + 1] > 0:
+            self.reason = "terminated"
+            return STOP
         if norm <= self.tol * self.grad_norm[0]:
             self.reason = "converged"
             return STOP
-        if t == self.max_iters:
+        if t >= self.max_iters:
             self.reason = "max_iters"
             return STOP
         return CONTINUE
 
+    @property
+    def updates(self):
+        """Updates done in total: one per evaluated iteration, except a stopping one."""
+        return self.last
 
-def gradient_descent(comm, shard, w0, lr, max_iters, tol, straggle_s=0.0, on_iteration=None):
+    def history(self):
+        return self.loss[: self.last + 1], self.grad_norm[: self.last + 1]
+
+
+@dataclass
+class Trajectory:
+    w: np.ndarray            # the final w (on every rank)
+    rules: StopRules         # history and stop reason (filled on rank 0 in server mode)
+    clock: PhaseClock
+    wall_s: float            # first Bcast to last update
+
+
+def gradient_descent(comm, shard, w0, lr, rules, straggle_s=0.0, stop=None,
+                     on_iteration=None):
     """Run synchronous data-parallel GD from w0 (significant on rank 0 only)."""
     d, root = w0.size, comm.rank == 0
+    stop = stop or StopRequest()
     wbuf = np.zeros(d + 1)                          # [w, control]: Bcast payload
-    packed = np.zeros(d + 1)                        # [g_k, loss_k]: Reduce payload
-    total = np.zeros(d + 1) if root else None       # [g, loss] on the server
+    packed = np.zeros(d + 2)                        # [g_k, loss_k, stop_k]: Reduce payload
+    total = np.zeros(d + 2) if root else None       # their sums, on the server
     step = np.empty(d)
     w, g_local = wbuf[:d], packed[:d]
     w[:] = w0
-    rules = StopRules(max_iters, tol) if root else None
-    clock = PhaseClock(max_iters + 1)
+    clock = PhaseClock(rules.max_iters + 1 - rules.start, comm)
     now = time.perf_counter_ns
-    started = now()
-    t = 0
+    started = t0 = now()
+    t = rules.start
     while True:
         t0 = now()
         comm.Bcast(wbuf, root=0)                             # 1. Broadcast w_t
@@ -94,6 +112,7 @@ def gradient_descent(comm, shard, w0, lr, max_iters, tol, straggle_s=0.0, on_ite
         if wbuf[d] != CONTINUE:
             break
         packed[d] = shard.gradient(w, g_local)               # 2. Map: local g and loss
+        packed[d + 1] = stop.raised
         if straggle_s:
             time.sleep(straggle_s)
         t2 = now()
@@ -102,24 +121,57 @@ def gradient_descent(comm, shard, w0, lr, max_iters, tol, straggle_s=0.0, on_ite
         comm.Reduce(packed, total, op=MPI.SUM, root=0)       # 3. Reduce to the server
         t4 = now()
         if root:                                             # 4. Update w_t+1 = w_t - lr g
-            wbuf[d] = rules.decide(t, total[d], total[:d])
+            wbuf[d] = rules.decide(t, total)
             if wbuf[d] == CONTINUE:
                 np.multiply(total[:d], lr, out=step)
                 np.subtract(w, step, out=w)
         t5 = now()
-        clock.ns[t] = (t2 - t1, t1 - t0, t4 - t3, t5 - t4, t3 - t2)
-        clock.rows = t = t + 1
+        update = t5 - t4 if root else 0  # only the server updates
+        clock.record(t0, t2 - t1, t1 - t0, t4 - t3, update, t3 - t2)
         if on_iteration is not None:
-            on_iteration(t - 1, rules)
-    wall_s = (t0 - started) * 1e-9
-    evaluations = clock.rows
-    return Trajectory(
-        w=w.copy(), iterations=evaluations - 1, evaluations=evaluations,
-        stop_reason=rules.reason if root else ("diverged" if wbuf[d] == DIVERGED else ""),
-        loss=rules.loss[:evaluations] if root else None,
-        grad_norm=rules.grad_norm[:evaluations] if root else None,
-        clock=clock, wall_s=wall_s,
-    )
+            on_iteration(t, w)
+        t += 1
+    return Trajectory(w=w.copy(), rules=rules, clock=clock, wall_s=(t0 - started) * 1e-9)
+
+
+def peer_to_peer_descent(comm, shard, w0, lr, rules, straggle_s=0.0, stop=None,
+                         on_iteration=None):
+    """The same GD without a server: Allreduce the gradient, every rank updates its w.
+
+    Every rank receives bitwise the same sums, so every rank takes the same decisions.
+    """
+    d = w0.size
+    stop = stop or StopRequest()
+    packed = np.zeros(d + 2)                        # [g_k, loss_k, stop_k]
+    total = np.zeros(d + 2)                         # their sums, on every rank
+    step = np.empty(d)
+    w = w0.copy()
+    comm.Bcast(w, root=0)                           # everyone starts from rank 0's w0
+    clock = PhaseClock(rules.max_iters + 1 - rules.start, comm)
+    now = time.perf_counter_ns
+    started = t5 = now()
+    t, control = rules.start, CONTINUE
+    while control == CONTINUE:
+        t1 = now()
+        packed[d] = shard.gradient(w, packed[:d])            # 1. Map: local g and loss
+        packed[d + 1] = stop.raised
+        if straggle_s:
+            time.sleep(straggle_s)
+        t2 = now()
+        comm.Barrier()                                       #    wait for the slowest (sync)
+        t3 = now()
+        comm.Allreduce(packed, total, op=MPI.SUM)            # 2. Allreduce: all get the sum
+        t4 = now()
+        control = rules.decide(t, total)                     # 3. Update, on every rank
+        if control == CONTINUE:
+            np.multiply(total[:d], lr, out=step)
+            np.subtract(w, step, out=w)
+        t5 = now()
+        clock.record(t1, t2 - t1, 0, t4 - t3, t5 - t4, t3 - t2)
+        if on_iteration is not None:
+            on_iteration(t, w)
+        t += 1
+    return Trajectory(w=w, rules=rules, clock=clock, wall_s=(t5 - started) * 1e-9)
 
 
 def estimate_lmax(comm, shard, d, seed=0, rtol=1e-4, max_steps=200):

@@ -12,12 +12,13 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from . import __version__, data, faults, report, synthetic
+from . import __version__, checkpoint, data, faults, report, synthetic, trace
 from .comm import agreed
 from .config import parse_straggler
 from .errors import MpigdError
 from .objective import LeastSquaresShard
-from .solver import estimate_lmax, gradient_descent
+from .signals import StopRequest, Terminated, on_sigterm
+from .solver import StopRules, estimate_lmax, gradient_descent, peer_to_peer_descent
 from .standardize import prepare
 from .timing import PHASES, imbalance, phase_stats
 
@@ -31,6 +32,7 @@ SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_JOB_NAME", "SLURM_JOB_NODELIST", "SLUR
                    "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_CPUS_PER_TASK",
                    "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_CLUSTER_NAME")
 _HOST_BYTES = 64
+_OK, _DIVERGED, _TERMINATED = 0, 1, 2
 _blas_limits = None  # keeps threadpoolctl's limit alive for the whole run
 
 
@@ -76,28 +78,27 @@ def slurm_info():
     return found or None
 
 
-def run(config, comm=MPI.COMM_WORLD):
-    """Collective: train as `config` says; return the result dict on rank 0, None elsewhere."""
+def run(config, comm=MPI.COMM_WORLD, resume=None):
+    """Collective: train as `config` says (continuing `resume`, a Checkpoint, if given).
+
+    Returns the result dict on rank 0, None elsewhere.
+    """
     rank, size, root = comm.rank, comm.size, comm.rank == 0
-    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    workers = size - 1 if config.dedicated_server else size
     if config.dedicated_server and size < 2:
         raise MpigdError("--dedicated-server needs at least 2 ranks (1 server + workers)", collective=True)
     straggler_rank, straggle_s = parse_straggler(config.straggler) if config.straggler else (None, 0.0)
     if straggler_rank is not None and straggler_rank >= size:
         raise MpigdError(f"--straggler rank {straggler_rank} does not exist: ranks are 0..{size - 1}",
                          collective=True)
-    threads = limit_blas_threads(config.threads, size)
-    fault = faults.planned(rank)
 
     run_dir = fresh = None
     with agreed(comm, "preparing the output directory"):
         if root:
             fresh = config.out is None or not os.path.exists(config.out)
-            run_dir = report.choose_run_dir(config.out, config.force)
+            run_dir = report.choose_run_dir(config.out, config.force or resume is not None)
     try:
-        return _train(config, comm, run_dir, started, workers,
-                      straggle_s if rank == straggler_rank else 0.0, threads, fault)
+        return _train(config, comm, run_dir, resume,
+                      straggle_s if rank == straggler_rank else 0.0)
     except BaseException:
         # A run that failed before writing anything leaves no empty directory behind.
         if fresh and run_dir and os.path.isdir(run_dir) and not os.listdir(run_dir):
@@ -105,18 +106,11 @@ def run(config, comm=MPI.COMM_WORLD):
         raise
 
 
-def _train(config, comm, run_dir, started, workers, straggle_s, threads, fault, say=print):
-    rank, size, root = comm.rank, comm.size, comm.rank == 0
-    data_path = config.data
-    if data_path is None:
-        data_path = DEFAULT_DATA
-        with agreed(comm, f"generating the default data set {DEFAULT_DATA}"):
-            if root and ensure_default_data(data_path):
-                say(f"mpigd: generated the default data set {data_path} "
-                    f"({DEFAULT_ROWS} x {DEFAULT_FEATURES} float64)")
-
-    # Each rank opens the file on its own, validates it, and reads only its rows.
-    load_started = time.perf_counter()
+def _load(config, comm, data_path):
+    """Collective: every rank opens the file, validates it, reads only its own rows."""
+    rank, size = comm.rank, comm.size
+    workers = size - 1 if config.dedicated_server else size
+    fault = faults.planned(rank)
     with agreed(comm, f"reading {data_path}"):
         with data.open_input(data_path) as h5file:
             info = data.inspect(h5file, config.x_dataset, config.y_dataset)
@@ -131,47 +125,106 @@ def _train(config, comm, run_dir, started, workers, straggle_s, threads, fault, 
             if fault and fault[0] == "load":
                 faults.fail("load", rank)
         data.check_finite(X, y, first_row=lo)
+    return info, X, y, lo, hi
+
+
+def _train(config, comm, run_dir, resume, straggle_s):
+    rank, size, root = comm.rank, comm.size, comm.rank == 0
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    threads = limit_blas_threads(config.threads, size)
+    data_path = config.data
+    if data_path is None:
+        data_path = DEFAULT_DATA
+        with agreed(comm, f"generating the default data set {DEFAULT_DATA}"):
+            if root and ensure_default_data(data_path):
+                print(f"mpigd: generated the default data set {data_path} "
+                      f"({DEFAULT_ROWS} x {DEFAULT_FEATURES} float64)", flush=True)
+
+    load_started = time.perf_counter()
+    info, X, y, lo, hi = _load(config, comm, data_path)
     load_s = time.perf_counter() - load_started
+    fingerprint = {"rows": info.rows, "features": info.features, "dtype": X.dtype.name,
+                   "checksum": checkpoint.data_checksum(comm, X, y, lo)}
+    if resume is not None:
+        checkpoint.check_fingerprint(resume.fingerprint, fingerprint, run_dir or config.out)
+        if resume.iteration > config.iters:
+            raise MpigdError(f"the checkpoint is at iteration {resume.iteration}, past --iters "
+                             f"{config.iters}; resume with a larger --iters", collective=True)
 
     transform = prepare(comm, X, y, info.rows, config.intercept, config.standardize)
     shard = LeastSquaresShard(X, y)
 
-    lmax = power_steps = None
-    if config.lr == "auto":
+    if resume is not None:
+        lr, lmax, power_steps = resume.lr, resume.lambda_max, resume.power_iterations
+    elif config.lr == "auto":
         lmax, power_steps = estimate_lmax(comm, shard, info.features, seed=config.seed)
         if not lmax > 0:
             raise MpigdError("X^T X is zero (all features are zero after preprocessing); "
                              "nothing to fit", collective=True)
         lr = 1.0 / lmax
     else:
-        lr = float(config.lr)
+        lr, lmax, power_steps = float(config.lr), None, None
 
-    progress = report.Progress(config.iters, enabled=root and not config.quiet)
-    if fault and fault[0] == "loop":
-        def on_iteration(t, rules, fail_at=fault[1]):
-            progress(t, rules)
-            if t == fail_at:
-                faults.fail(f"loop iteration {t}", rank)
+    if resume is not None:
+        start, w0 = resume.iteration, resume.w
+        rules = StopRules(config.iters, config.tol, start, resume.loss, resume.grad_norm)
     else:
-        on_iteration = progress
-    trajectory = gradient_descent(
-        comm, shard, np.zeros(info.features), lr, config.iters, config.tol,
-        straggle_s=straggle_s, on_iteration=on_iteration,
-    )
-    seconds = trajectory.clock.gather(comm)
+        start, w0 = 0, np.zeros(info.features)
+        rules = StopRules(config.iters, config.tol)
 
-    if trajectory.stop_reason == "diverged":
+    def snapshot(iteration, w):
+        loss, grad_norm = rules.loss[:iteration], rules.grad_norm[:iteration]
+        return checkpoint.Checkpoint(
+            iteration=iteration, w=w.copy(), loss=loss, grad_norm=grad_norm, lr=lr,
+            lambda_max=lmax, power_iterations=power_steps, config=config.to_dict(),
+            fingerprint=fingerprint, ranks=size)
+
+    saved = {"count": 0, "seconds": 0.0}
+    progress = report.Progress(config.iters, enabled=root and not config.quiet, start=start)
+    fault = faults.planned(rank)
+
+    def on_iteration(t, w):
+        if root:
+            progress(t, rules)
+            every = config.checkpoint_every
+            if every and (t + 1) % every == 0 and not rules.reason:
+                began = time.perf_counter()
+                checkpoint.save(run_dir, snapshot(t + 1, w))
+                saved["count"] += 1
+                saved["seconds"] += time.perf_counter() - began
+        if fault and fault[0] == "loop" and t == fault[1]:
+            faults.fail(f"loop iteration {t}", rank)
+
+    loop = peer_to_peer_descent if config.mode == "allreduce" else gradient_descent
+    with on_sigterm(StopRequest()) as stop:
+        trajectory = loop(comm, shard, w0, lr, rules, straggle_s=straggle_s, stop=stop,
+                          on_iteration=on_iteration)
+    status = np.array([_OK], dtype=np.int64)
+    if root:
+        status[0] = {"diverged": _DIVERGED, "terminated": _TERMINATED}.get(rules.reason, _OK)
+    comm.Bcast(status, root=0)
+    seconds, starts = trajectory.clock.gather(comm)
+
+    if status[0] == _DIVERGED:
         with agreed(comm, "saving the diverged history"):
             if root:
                 kept = os.path.join(run_dir, "history-diverged.csv")
-                report.write_history(kept, trajectory.loss, trajectory.grad_norm, seconds)
-        t = trajectory.evaluations - 1
-        loss = trajectory.loss[t] if root else float("nan")
+                report.write_history(kept, *rules.history(), seconds, start)
+        t = rules.last
+        loss = rules.loss[t] if root else float("nan")
         raise MpigdError(
             f"training diverged at iteration {t} (loss {loss:.3e}) with --lr {lr:.6g}; use a "
             "smaller --lr, or --lr auto (and --standardize for features of very different "
             f"scales); no result was written, the history so far is in "
             f"{run_dir}/history-diverged.csv", collective=True)
+    if status[0] == _TERMINATED:
+        with agreed(comm, "saving the checkpoint after SIGTERM"):
+            if root:
+                checkpoint.save(run_dir, snapshot(rules.last, trajectory.w))
+        raise Terminated(
+            f"received SIGTERM: stopped cleanly at iteration {rules.last if root else '?'}; "
+            f"checkpoint saved to {run_dir}/{checkpoint.FILE}; continue with "
+            f"`mpirun -n {size} python -m mpigd --resume {run_dir}`")
 
     facts = np.array([hi - lo, lo, hi, load_s, _peak_rss_bytes()], dtype=np.float64)
     all_facts = np.empty((size, facts.size)) if root else None
@@ -181,23 +234,36 @@ def _train(config, comm, run_dir, started, workers, straggle_s, threads, fault, 
     result = None
     with agreed(comm, "writing the results"):
         if root:
-            result = _result(config, info, dtype, data_path, run_dir, trajectory, seconds,
-                             all_facts, hosts, lr, lmax, power_steps, threads, transform, workers,
-                             started)
+            result = _result(config, info, X.dtype, data_path, run_dir, trajectory, seconds,
+                             all_facts, hosts, lr, lmax, power_steps, threads, started)
+            result["resumed_from"] = resume.iteration if resume is not None else None
+            result["checkpoints"] = {"every": config.checkpoint_every, **saved}
             w, intercept = transform.original_weights(trajectory.w)
-            report.write_history(os.path.join(run_dir, "history.csv"),
-                                 trajectory.loss, trajectory.grad_norm, seconds)
+            result["preprocessing"] = {
+                "intercept": config.intercept, "standardize": config.standardize,
+                "feature_mean": transform.mean, "feature_scale": transform.scale,
+                "y_mean": transform.y_mean}
+            report.write_history(os.path.join(run_dir, "history.csv"), *rules.history(),
+                                 seconds, start)
             report.write_weights(os.path.join(run_dir, "weights.h5"), w,
                                  intercept if config.intercept else None, result["config"])
+            if config.trace:
+                trace.write(os.path.join(run_dir, "trace.json"), seconds, starts, start)
             report.write_result(os.path.join(run_dir, report.RESULT), result)
+            stale = os.path.join(run_dir, checkpoint.FILE)
+            if os.path.exists(stale):
+                os.remove(stale)  # the run is complete: result.json and weights.h5 supersede it
     return result
 
 
 def _result(config, info, dtype, data_path, run_dir, trajectory, seconds, facts, hosts,
-            lr, lmax, power_steps, threads, transform, workers, started):
+            lr, lmax, power_steps, threads, started):
+    rules = trajectory.rules
     holds_rows = facts[:, 0] > 0
-    totals, stats = phase_stats(seconds, holds_rows)
-    evaluations = trajectory.evaluations
+    update_ranks = len(facts) if config.mode == "allreduce" else 1
+    totals, stats = phase_stats(seconds, holds_rows, update_ranks)
+    evaluations = seconds.shape[1]
+    loss, grad_norm = rules.history()
     per_rank = []
     for r in range(len(facts)):
         entry = {"rank": r, "host": hosts[r], "rows": int(facts[r, 0]),
@@ -208,21 +274,21 @@ def _result(config, info, dtype, data_path, run_dir, trajectory, seconds, facts,
     return {
         "version": __version__,
         "config": config.to_dict(),
+        "mode": config.mode,
         "ranks": len(facts),
-        "workers": workers,
+        "workers": len(facts) - 1 if config.dedicated_server else len(facts),
         "rows": info.rows,
         "features": info.features,
         "dtype": dtype.name,
         "data": {"path": os.path.abspath(data_path), "x_dataset": info.x_name,
                  "y_dataset": info.y_name, "x_dtype": info.x_dtype, "y_dtype": info.y_dtype},
         "run_dir": os.path.abspath(run_dir),
-        "iterations": trajectory.iterations,
+        "iterations": rules.updates,
         "evaluations": evaluations,
-        "stop_reason": trajectory.stop_reason,
-        "final_loss": float(trajectory.loss[-1]),
-        "initial_loss": float(trajectory.loss[0]),
-        "grad_norm_rel": float(trajectory.grad_norm[-1] / trajectory.grad_norm[0])
-        if trajectory.grad_norm[0] > 0 else 0.0,
+        "stop_reason": rules.reason,
+        "final_loss": float(loss[-1]),
+        "initial_loss": float(loss[0]),
+        "grad_norm_rel": float(grad_norm[-1] / grad_norm[0]) if grad_norm[0] > 0 else 0.0,
         "lr": lr,
         "lr_mode": "auto" if lmax is not None else "fixed",
         "lambda_max": lmax,
@@ -237,10 +303,8 @@ def _result(config, info, dtype, data_path, run_dir, trajectory, seconds, facts,
         "slurm": slurm_info(),
         "mpi": {"library": MPI.Get_library_version().splitlines()[0].strip(),
                 "mpi4py": __import__("mpi4py").__version__},
-        "preprocessing": {"intercept": config.intercept, "standardize": config.standardize,
-                          "feature_mean": transform.mean, "feature_scale": transform.scale,
-                          "y_mean": transform.y_mean},
         "timing": {"clock": "time.perf_counter_ns", "sync": "Barrier before Reduce",
-                   "wall_s": "first Bcast to last update", "load_s": "max over ranks"},
+                   "wall_s": "first Bcast to last update (this segment, if resumed)",
+                   "load_s": "max over ranks"},
         "started": started,
     }

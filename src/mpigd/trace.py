@@ -1,0 +1,40 @@
+"""trace.json: every rank's phases on one timeline, in the Chrome trace event format.
+
+Opens in Perfetto (ui.perfetto.dev) or chrome://tracing: one track per rank, one span
+per phase and iteration ("X" complete events, microseconds). Within an iteration the
+phases run in the order bcast, compute, sync, reduce, update, so their start times follow
+from the iteration's start and the durations.
+"""
+
+import json
+
+from .timing import BCAST, COMPUTE, PHASES, REDUCE, SYNC, UPDATE
+
+ORDER = (BCAST, COMPUTE, SYNC, REDUCE, UPDATE)
+
+
+def events(seconds, starts, first_iteration=0):
+    """Trace events for (ranks x iterations x phases) durations and (ranks x iterations) starts."""
+    out = [{"name": "process_name", "ph": "M", "pid": 0, "tid": 0, "args": {"name": "mpigd"}}]
+    ranks, iterations, _ = seconds.shape
+    for rank in range(ranks):
+        out.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": rank,
+                    "args": {"name": f"rank {rank}"}})
+        out.append({"name": "thread_sort_index", "ph": "M", "pid": 0, "tid": rank,
+                    "args": {"sort_index": rank}})
+        for i in range(iterations):
+            ts = starts[rank, i] * 1e6
+            for phase in ORDER:
+                dur = seconds[rank, i, phase] * 1e6
+                if dur > 0:
+                    out.append({"name": PHASES[phase], "cat": "phase", "ph": "X", "pid": 0,
+                                "tid": rank, "ts": round(ts, 3), "dur": round(dur, 3),
+                                "args": {"iteration": first_iteration + i}})
+                ts += dur
+    return out
+
+
+def write(path, seconds, starts, first_iteration=0):
+    with open(path, "w") as handle:
+        json.dump({"traceEvents": events(seconds, starts, first_iteration),
+                   "displayTimeUnit": "ms"}, handle)
