@@ -85,7 +85,10 @@ def _generate_parser(sub):
 
 
 def build_parser():
-    parser = _Parser(prog="mpigd", description="Data-parallel gradient descent on MPI, instrumented.")
+    parser = _Parser(
+        prog="mpigd", description="Data-parallel gradient descent on MPI, instrumented.",
+        epilog="Without a command, `train` runs: `mpirun -n 4 python -m mpigd --data FILE.h5`. "
+        "Its options: `python -m mpigd train --help`.")
     parser.add_argument("--version", action="version", version=f"mpigd {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     _train_parser(sub)
