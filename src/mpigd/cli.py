@@ -148,7 +148,10 @@ def _train(options):
             config.out = resume_dir
     result = run(config, comm, resume)
     if comm.rank == 0:
-        if not config.quiet:
+        if config.quiet:
+            print(f"mpigd: {result['stop_reason']} after {result['iterations']} iterations, "
+                  f"final loss {result['final_loss']:.9e}, {result['wall_s']:.3f} s")
+        else:
             print(summary(result))
         print(f"\n  data:    {result['data']['path']}\n  results: {result['run_dir']}", flush=True)
     return 0
