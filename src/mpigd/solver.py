@@ -90,6 +90,15 @@ class Trajectory:
     wall_s: float            # first Bcast to last update
 
 
+def _map(shard, w, packed, stop, straggle_s):
+    """Fill packed = [g_k, loss_k, stop_k] from this rank's rows (and play the straggler)."""
+    d = w.size
+    packed[d] = shard.gradient(w, packed[:d])
+    packed[d + 1] = stop.raised
+    if straggle_s:
+        time.sleep(straggle_s)
+
+
 def gradient_descent(comm, shard, w0, lr, rules, straggle_s=0.0, stop=None,
                      on_iteration=None):
     """Run synchronous data-parallel GD from w0 (significant on rank 0 only)."""
@@ -99,7 +108,7 @@ def gradient_descent(comm, shard, w0, lr, rules, straggle_s=0.0, stop=None,
     packed = np.zeros(d + 2)                        # [g_k, loss_k, stop_k]: Reduce payload
     total = np.zeros(d + 2) if root else None       # their sums, on the server
     step = np.empty(d)
-    w, g_local = wbuf[:d], packed[:d]
+    w = wbuf[:d]
     w[:] = w0
     clock = PhaseClock(rules.max_iters + 1 - rules.start, comm)
     now = time.perf_counter_ns
@@ -111,10 +120,7 @@ def gradient_descent(comm, shard, w0, lr, rules, straggle_s=0.0, stop=None,
         t1 = now()
         if wbuf[d] != CONTINUE:
             break
-        packed[d] = shard.gradient(w, g_local)               # 2. Map: local g and loss
-        packed[d + 1] = stop.raised
-        if straggle_s:
-            time.sleep(straggle_s)
+        _map(shard, w, packed, stop, straggle_s)             # 2. Map: local g and loss
         t2 = now()
         comm.Barrier()                                       #    wait for the slowest (sync)
         t3 = now()
@@ -153,10 +159,7 @@ def peer_to_peer_descent(comm, shard, w0, lr, rules, straggle_s=0.0, stop=None,
     t, control = rules.start, CONTINUE
     while control == CONTINUE:
         t1 = now()
-        packed[d] = shard.gradient(w, packed[:d])            # 1. Map: local g and loss
-        packed[d + 1] = stop.raised
-        if straggle_s:
-            time.sleep(straggle_s)
+        _map(shard, w, packed, stop, straggle_s)             # 1. Map: local g and loss
         t2 = now()
         comm.Barrier()                                       #    wait for the slowest (sync)
         t3 = now()
