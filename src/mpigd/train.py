@@ -97,8 +97,10 @@ def run(config, comm=MPI.COMM_WORLD, resume=None):
             fresh = config.out is None or not os.path.exists(config.out)
             run_dir = report.choose_run_dir(config.out, config.force or resume is not None)
     try:
-        return _train(config, comm, run_dir, resume,
-                      straggle_s if rank == straggler_rank else 0.0)
+        # SIGTERM while loading is honoured too: the flag waits for the first iteration.
+        with on_sigterm(StopRequest()) as stop:
+            return _train(config, comm, run_dir, resume,
+                          straggle_s if rank == straggler_rank else 0.0, stop)
     except BaseException:
         # A run that failed before writing anything leaves no empty directory behind.
         if fresh and run_dir and os.path.isdir(run_dir) and not os.listdir(run_dir):
@@ -128,7 +130,7 @@ def _load(config, comm, data_path):
     return info, X, y, lo, hi
 
 
-def _train(config, comm, run_dir, resume, straggle_s):
+def _train(config, comm, run_dir, resume, straggle_s, stop):
     rank, size, root = comm.rank, comm.size, comm.rank == 0
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     threads = limit_blas_threads(config.threads, size)
@@ -196,9 +198,8 @@ def _train(config, comm, run_dir, resume, straggle_s):
             faults.fail(f"loop iteration {t}", rank)
 
     loop = peer_to_peer_descent if config.mode == "allreduce" else gradient_descent
-    with on_sigterm(StopRequest()) as stop:
-        trajectory = loop(comm, shard, w0, lr, rules, straggle_s=straggle_s, stop=stop,
-                          on_iteration=on_iteration)
+    trajectory = loop(comm, shard, w0, lr, rules, straggle_s=straggle_s, stop=stop,
+                      on_iteration=on_iteration)
     status = np.array([_OK], dtype=np.int64)
     if root:
         status[0] = {"diverged": _DIVERGED, "terminated": _TERMINATED}.get(rules.reason, _OK)
