@@ -224,3 +224,27 @@ def test_speedup_is_relative_to_the_smallest_rank_count():
     weak = [{"ranks": 1, "s_per_iter": 0.1}, {"ranks": 4, "s_per_iter": 0.125}]
     speedups(weak, "weak")
     assert [p["speedup"] for p in weak] == pytest.approx([1.0, 3.2]) and weak[1]["efficiency"] == 0.8
+
+
+SCRIPTS = os.path.join(os.path.dirname(__file__), os.pardir, "scripts")
+
+
+@pytest.mark.parametrize("script,extra", [("strong_scaling.sh", {}), ("weak_scaling.sh", {}),
+                                          ("straggler_study.sh", {"DELAYS": "0,0.01"})])
+def test_scripts_run_as_documented(tmp_path, script, extra):
+    env = {**os.environ, "PYTHON": sys.executable, "RANKS": "1,2", "ROWS": "1000", "FEATURES": "3",
+           "ITERS": "3", "REPEAT": "1", "OUT": str(tmp_path / "out"), **extra}
+    proc = subprocess.run([os.path.join(SCRIPTS, script), "--comm-model", "none"], env=env, text=True,
+                          capture_output=True, timeout=SWEEP_TIMEOUT, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "scaling.csv").exists() and (tmp_path / "out" / "speedup.png").exists()
+    assert ("the wall follows the slowest rank" in proc.stdout) == (script == "straggler_study.sh")
+
+
+def test_comm_bench_script_merges_rank_counts(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "RANKS": "1,2", "MAX_SIZE": "64",
+           "OUT": str(tmp_path / "comm_model.json")}
+    proc = subprocess.run([os.path.join(SCRIPTS, "comm_bench.sh"), "--iters", "20", "--quiet"], env=env,
+                          text=True, capture_output=True, timeout=SWEEP_TIMEOUT, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(read_json(tmp_path / "comm_model.json")["fits"]) == ["1", "2"]

@@ -105,7 +105,7 @@ def _scale_parser(sub):
         "scale", help="strong/weak scaling sweep: run the trainer per rank count, report speedup",
         description="Run the trainer once per rank count and repeat through a launcher, then "
         "write scaling.csv, scaling.json and a table: seconds per iteration (median of "
-        "repeats), speedup T_base/T_m, efficiency, compute/comm/wait per iteration, "
+        "repeats), speedup T_base/T_m, efficiency, compute/comm/sync per iteration, "
         "imbalance, and the cost model's prediction. Run it without mpirun: it launches "
         "its runs itself.",
     )
@@ -142,7 +142,8 @@ def _scale_parser(sub):
     p.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
                    help="limit per launched job [3600]")
     p.add_argument("--plots", action="store_true", help="also write the PNG plots (needs matplotlib)")
-    p.add_argument("--force", action="store_true", help="rerun runs that already completed in OUT")
+    p.add_argument("--force", action="store_true",
+                   help="rerun the runs (and bench-comm) that already completed in OUT")
     return p
 
 

@@ -392,7 +392,7 @@ def run(comm, out, collectives, sizes, iterations, iterations_large, warmup, war
             model["fits"] = dict(sorted(model["fits"].items(), key=lambda item: int(item[0])))
             _write_json(out, model)
     if root:
-        print(f"\nmpigd: wrote {out} (fits for {', '.join(model['fits'])} ranks)", flush=True)
+        print(f"\nmpigd: wrote {out} (rank counts fitted: {', '.join(model['fits'])})", flush=True)
     return model
 
 

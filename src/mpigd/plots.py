@@ -148,8 +148,11 @@ def plot_breakdown(report, out):
             ax.plot(*zip(*predicted), "rx", ms=9, mew=2, label="predicted (model)")
         ax.set_xticks(x)
         ax.set_xticklabels([f"{p['ranks']}{'*' if p['oversubscribed'] else ''}" for p in points])
-        ax.set_xlabel("MPI ranks m   (* oversubscribed)")
+        flagged = any(p["oversubscribed"] for p in points)
+        ax.set_xlabel("MPI ranks m" + ("   (* oversubscribed: correctness only)" if flagged else ""))
         ax.set_ylabel("time per iteration (ms)")
+        tallest = max(max(bottom), max(1e3 * p["s_per_iter"] for p in points))
+        ax.set_ylim(0, 1.45 * tallest)  # headroom: the legend must not hide a bar
         ax.set_title(f"{s['kind']} scaling, {_label(s)}\n{s['problem']} x {s['features']} features",
                      fontsize=10)
         ax.grid(True, axis="y", alpha=0.3)
@@ -233,8 +236,11 @@ def plot_loss(run_dir, out):
 
 
 def _default_run(report):
+    """The typical run of the largest rank count: the repeat closest to the median."""
     plain = [s for s in report["series"] if s["straggle_s"] == 0] or report["series"]
-    return plain[0]["points"][-1]["run_dirs"][0]
+    point = plain[0]["points"][-1]
+    runs = [r for r in report["runs"] if r["run_dir"] in point["run_dirs"]]
+    return min(runs, key=lambda r: abs(r["s_per_iter"] - point["s_per_iter"]))["run_dir"]
 
 
 def write_all(report, out, run_dir=None):
