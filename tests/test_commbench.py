@@ -53,6 +53,14 @@ def test_one_line_is_kept_when_it_fits():
     assert len(fit_segments(SIZES, timings(SIZES, 2e-6, 1e-10, noise=0.05))) == 1
 
 
+def test_one_noisy_size_is_not_taken_for_a_protocol_switch():
+    sizes = [8 << k for k in range(9)]                      # 8 B ... 2 KB, as the sweep measures
+    t = timings(sizes, 1e-6, 7e-11, noise=0.03, seed=2)
+    t[0] *= 1.9                                             # one round hit by the scheduler
+    [(first, last, alpha, beta)] = fit_segments(sizes, t)
+    assert (first, last) == (8, 2048) and alpha == pytest.approx(1e-6, rel=0.25)
+
+
 def test_tree_factor_is_ceil_log2():
     assert [tree_factor(p) for p in (1, 2, 3, 4, 5, 8, 9, 64, 65)] == [0, 1, 2, 2, 3, 3, 4, 6, 7]
 

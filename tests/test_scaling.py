@@ -201,6 +201,7 @@ def test_a_run_past_its_timeout_is_killed_with_all_its_ranks(tmp_path):
     (["--straggler-delays", "0,-1"], "--straggler-delays must be finite seconds >= 0"),
     (["--straggler-rank", "2", "--ranks", "1,2"], "--straggler-rank 2 does not exist"),
     (["--train-args=--dedicated-server"], "--dedicated-server needs at least 2 ranks"),
+    (["--comm-model", "missing.json"], "cannot read the communication model missing.json"),
 ])
 def test_bad_sweep_options_give_one_message_and_run_nothing(tmp_path, args, message):
     proc = scale("scale", *args, "--out", tmp_path / "s")

@@ -97,10 +97,13 @@ def _relative_errors(nbytes, seconds, alpha, beta):
     return (alpha + n * beta - t) / t
 
 
-# A second line is used only if one line misses some size by more than this, and each
-# line must cover at least this many sizes (two points always fit a line exactly).
+# A second line is used only if one line misses some size by more than SPLIT_ABOVE_ERROR,
+# two lines explain the data SPLIT_GAIN times better (sum of squared relative residuals),
+# and each covers at least MIN_SIZES_PER_SEGMENT sizes: otherwise one noisy round, which a
+# loaded machine produces, would be "explained" by a protocol switch that is not there.
 SPLIT_ABOVE_ERROR = 0.25
-MIN_SIZES_PER_SEGMENT = 3
+SPLIT_GAIN = 4.0
+MIN_SIZES_PER_SEGMENT = 4
 
 
 def fit_segments(nbytes, seconds):
@@ -109,8 +112,9 @@ def fit_segments(nbytes, seconds):
     MPI libraries change protocol (eager -> rendezvous) and algorithm with the message
     size, so latency and bandwidth are different constants below and above some size.
     If one line misses a size by more than 25 %, the split point that minimizes the sum
-    of squared relative residuals is chosen (each side >= 3 sizes). Returns a list of
-    (first_bytes, last_bytes, alpha, beta), ordered by size.
+    of squared relative residuals is found (each side >= 4 sizes) and kept if it fits 4x
+    better than one line. Returns a list of (first_bytes, last_bytes, alpha, beta),
+    ordered by size.
     """
     order = np.argsort(nbytes)
     n = np.asarray(nbytes, dtype=np.float64)[order]
@@ -120,7 +124,8 @@ def fit_segments(nbytes, seconds):
     errors = _relative_errors(n, t, alpha, beta)
     if np.max(np.abs(errors)) <= SPLIT_ABOVE_ERROR or n.size < 2 * MIN_SIZES_PER_SEGMENT:
         return single
-    best, best_cost = single, float(np.sum(errors**2))
+    single_cost = float(np.sum(errors**2))
+    best, best_cost = single, single_cost / SPLIT_GAIN
     for k in range(MIN_SIZES_PER_SEGMENT, n.size - MIN_SIZES_PER_SEGMENT + 1):
         parts, cost = [], 0.0
         for lo, hi in ((0, k), (k, n.size)):
@@ -357,7 +362,7 @@ def run(comm, out, collectives, sizes, iterations, iterations_large, warmup, war
     from .comm import agreed
 
     root = comm.rank == 0
-    library = MPI.Get_library_version().splitlines()[0].strip()
+    library = " ".join(MPI.Get_library_version().splitlines()[0].split())
     with agreed(comm, f"reading {out}"):
         model = _read_existing(out) if root else None
         if root:

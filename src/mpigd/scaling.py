@@ -15,10 +15,10 @@ Next to each measured point sits the lecture's cost model, made testable:
 
 T_compute(b) is the mean compute per iteration at the baseline, imbalance(m) the measured
 max/mean compute at m (the slowest rank of each iteration sets its pace, so the max is
-taken per iteration, from history.csv), T_update(b) the server's serial
-update, and T_comm(m) the collectives of one iteration from the Hockney fits of
-comm_model.json (see commbench). With a straggler of delay d the model adds d to the
-prediction of the same point without straggler: the wall follows the slowest rank.
+taken per iteration, from history.csv), T_update(b) the server's serial update, and
+T_comm(m) the collectives of one iteration from the Hockney fits of comm_model.json (see
+commbench). With a straggler of delay d the model adds d to the prediction of the same
+point without straggler: the wall follows the slowest rank.
 
 Three entry points share this code: `scale` (mpigd.sweep runs a sweep, then reports),
 `scale-report` (any directory of runs, e.g. collected from Slurm jobs) and `plot`.
@@ -113,8 +113,9 @@ def summarize_run(path):
         cpus[host] = _cpus_of(host, entry)
     run["hosts"] = sorted(counts)
     run["ranks_per_host"] = max(counts.values())
-    known = [counts[h] > cpus[h] for h in counts if cpus[h]]
-    run["oversubscribed"] = any(known) if len(known) == len(counts) else (True if any(known) else None)
+    # More ranks than CPUs on any host: True; none: False; unknown for some host: None.
+    over = [counts[h] > cpus[h] for h in counts if cpus[h]]
+    run["oversubscribed"] = True if any(over) else (False if len(over) == len(counts) else None)
     run["cpus_per_host"] = min((c for c in cpus.values() if c), default=None)
     return run
 
@@ -204,7 +205,7 @@ def speedups(points, kind):
         p["efficiency"] = p["speedup"] * base["ranks"] / p["ranks"]
 
 
-def predict_points(points, kind, features, mode, model):
+def predict_points(points, features, mode, model):
     """The cost model's seconds per iteration at every point of a curve without straggler."""
     from .commbench import iteration_comm
 
@@ -274,10 +275,17 @@ def straggler_effects(series):
                 "sync_max_s": [p["sync_max_s"] for _, p in at],
                 "wall_slope": wall, "slowest_slope": slowest, "mean_compute_slope": mean,
                 "wait_slope": wait,
-                "follows_slowest": abs(wall - slowest) <= 0.25 * max(abs(slowest), 1e-12)
-                and (m == 1 or abs(wall - slowest) < abs(wall - mean)),
+                # closer to the slowest rank than to the mean, and within 25 % of it
+                "follows_slowest": abs(wall - slowest) < min(abs(wall - mean), 0.25 * abs(slowest)),
             })
     return effects
+
+
+def _series_order(key):
+    """Sort curves by their key, with the problem size ("200000 rows") as a number."""
+    fields = dict(zip(SERIES_KEY, key))
+    fields["problem"] = float(fields["problem"].split()[0])
+    return tuple(fields[k] for k in SERIES_KEY)
 
 
 def build_report(paths, kind="auto", model_path=None):
@@ -290,13 +298,13 @@ def build_report(paths, kind="auto", model_path=None):
     model = load_model(model_path) if model_path else None
     grouped = group_series(runs, kind)
     series = []
-    for key, by_ranks in sorted(grouped.items(), key=lambda item: tuple(map(str, item[0]))):
+    for key, by_ranks in sorted(grouped.items(), key=lambda item: _series_order(item[0])):
         s = dict(zip(SERIES_KEY, key))
         s["points"] = [aggregate(by_ranks[m]) for m in sorted(by_ranks)]
         s["baseline_ranks"] = s["points"][0]["ranks"]
         speedups(s["points"], s["kind"])
         if s["straggle_s"] == 0:
-            predict_points(s["points"], s["kind"], s["features"], s["mode"], model)
+            predict_points(s["points"], s["features"], s["mode"], model)
         series.append(s)
     # A straggler's curve: the same point without straggler, plus the delay.
     plain = {tuple(s[k] for k in SERIES_KEY if k != "straggle_s"): s for s in series if s["straggle_s"] == 0}
@@ -343,9 +351,8 @@ _CSV_SERIES = ("kind", "mode", "problem", "features", "dtype", "dedicated_server
 _CSV_POINT = ("ranks", "workers", "rows", "repeats", "s_per_iter", "s_per_iter_min", "s_per_iter_max",
               "speedup", "efficiency", "compute_s", "compute_slowest_s", "compute_max_s", "comm_s",
               "bcast_s", "reduce_s", "sync_s", "sync_max_s", "update_s", "imbalance", "imbalance_iter",
-              "predicted_s", "predicted_comm_s",
-              "predicted_speedup", "error", "model_source", "oversubscribed", "ranks_per_host",
-              "cpus_per_host", "load_s", "hosts", "run_dirs")
+              "predicted_s", "predicted_comm_s", "predicted_speedup", "error", "model_source",
+              "oversubscribed", "ranks_per_host", "cpus_per_host", "load_s", "hosts", "run_dirs")
 
 
 def _csv_value(value):
@@ -391,7 +398,7 @@ def _note(point):
     if point["oversubscribed"]:
         return f"oversubscribed ({point['ranks_per_host']} ranks > {point['cpus_per_host']} CPUs)"
     if point["oversubscribed"] is None:
-        return "CPUs of the host unknown"
+        return "host CPUs unknown"
     return ""
 
 
@@ -434,9 +441,9 @@ def format_straggler(effect):
     delays = ", ".join(f"{1e3 * d:g}" for d in effect["delays_s"])
     walls = ", ".join(f"{1e3 * t:.2f}" for t in effect["s_per_iter"])
     return (f"straggler study, {effect['mode']} mode, {effect['ranks']} ranks: delay {delays} ms -> "
-            f"{walls} ms/iter\n  per ms of delay: wall/iter +{effect['wall_slope']:.2f} ms, slowest "
-            f"rank's compute +{effect['slowest_slope']:.2f} ms, mean compute "
-            f"+{effect['mean_compute_slope']:.2f} ms, longest wait (sync) +{effect['wait_slope']:.2f} ms: "
+            f"{walls} ms/iter\n  per ms of delay: wall/iter {effect['wall_slope']:+.2f} ms, slowest "
+            f"rank's compute {effect['slowest_slope']:+.2f} ms, mean compute "
+            f"{effect['mean_compute_slope']:+.2f} ms, longest wait (sync) {effect['wait_slope']:+.2f} ms: "
             f"{verdict}")
 
 
@@ -447,8 +454,8 @@ times in ms per iteration (training loop only; median of the repeats):
   update   the server's w update                     imbal    slowest / compute (1 = perfectly even)
 speedup = T_b / T_m (weak: m/b * T_b / T_m), efficiency = speedup * b / m, b = the series' smallest rank count
 predicted = T_compute(b) * rows-per-worker ratio * imbal(m) + T_update(b) + T_comm(m) [+ straggler delay],
-  T_comm = Bcast + Barrier + Reduce of d+1 doubles from comm_model.json (~: rank count not benchmarked,
-  scaled by ceil(log2 p)); error = predicted / measured - 1
+  T_comm = Bcast + Barrier + Reduce (allreduce mode: Barrier + Allreduce) of d+1 doubles from
+  comm_model.json (~: rank count not benchmarked, scaled by ceil(log2 p)); error = predicted / measured - 1
 oversubscribed: more ranks than CPUs on a host: such rows check correctness, not speed"""
 
 

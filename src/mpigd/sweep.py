@@ -157,7 +157,9 @@ def plan_sweep(args):
     dedicated = "--dedicated-server" in train_args
     if dedicated and ranks[0] < 2:
         raise MpigdError("--dedicated-server needs at least 2 ranks per run; drop 1 from --ranks")
-    modes = [m.strip() for m in args.train_mode.split(",") if m.strip()] if args.train_mode else [None]
+    modes = [None]
+    if args.train_mode:
+        modes = list(dict.fromkeys(m.strip() for m in args.train_mode.split(",") if m.strip()))
     if not modes:
         raise MpigdError("--train-mode needs a list like server,allreduce")
     delays = parse_delays(args.straggler_delays) if args.straggler_delays else [0.0]
@@ -167,6 +169,10 @@ def plan_sweep(args):
         if int(args.straggler_rank) >= ranks[0]:
             raise MpigdError(f"--straggler-rank {args.straggler_rank} does not exist in a {ranks[0]}-rank "
                              "run; use a smaller rank or 'last'")
+    if args.comm_model not in ("auto", "none"):
+        from .commbench import load_model
+
+        load_model(args.comm_model)  # a bad model file must stop the sweep before it runs
     runs = []
     # Repeats outermost: on a shared machine, load drifts over minutes, and interleaving
     # makes every rank count see the same conditions instead of one getting all the noise.
@@ -242,7 +248,8 @@ def sweep(args, say=_say):
             say(f"  {label}: {1e3 * seconds:.3f} ms/iteration  ({run_dir})")
         paths.append(result)
 
-    model_path = _comm_model(args, out, ranks, template, say)
+    features = summarize_run(paths[0])["features"]  # from the data, also with --data FILE
+    model_path = _comm_model(args, out, ranks, template, features, say)
     report = build_report(paths, args.kind, model_path)
     say("\n" + write_report(report, out))
     written = [os.path.join(out, name) for name in REPORT_FILES]
@@ -271,7 +278,7 @@ def _check_plan(out, plan):
                          "same sweep there reuses its completed runs)")
 
 
-def _comm_model(args, out, ranks, template, say):
+def _comm_model(args, out, ranks, template, features, say):
     """The comm_model.json to predict with: benchmarked now (auto), given, or none."""
     from .commbench import load_model
 
@@ -279,13 +286,12 @@ def _comm_model(args, out, ranks, template, say):
     if choice == "none":
         return None
     if choice != "auto":
-        load_model(choice)
         return choice
     path = os.path.join(out, MODEL)
     have = set(load_model(path)["fits"]) if os.path.exists(path) and not args.force else set()
     # The trainer's messages are d+1 doubles: time sizes from 8 B to a few times that.
     largest = 1024
-    while largest < 4 * 8 * (args.features + 1):
+    while largest < 4 * 8 * (features + 1):
         largest *= 2
     for m in ranks:
         if str(m) in have:
