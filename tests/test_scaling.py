@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -112,6 +113,28 @@ def test_scale_report_on_a_directory_of_runs(problem, tmp_path, strong):
     assert proc.returncode == 0, proc.stderr
     points = read_json(runs / "scaling.json")["series"][0]["points"]
     assert all(p["predicted_s"] > 0 for p in points) and "no comm_model.json" not in proc.stdout
+
+
+def test_scale_report_groups_by_trainer_mode(strong, tmp_path):
+    # Runs of the peer-to-peer mode carry "mode": "allreduce" in result.json; a copy of real
+    # runs relabelled that way must become its own curve, predicted with Allreduce.
+    out, _ = strong
+    for mode in ("server", "allreduce"):
+        for name in ("p001-r1", "p002-r1"):
+            target = tmp_path / "runs" / mode / name
+            shutil.copytree(out / name, target)
+            result = read_json(target / "result.json")
+            if mode == "allreduce":
+                result["mode"] = "allreduce"
+            (target / "result.json").write_text(json.dumps(result))
+    proc = scale("scale-report", tmp_path / "runs", "--model", out / "comm_model.json")
+    assert proc.returncode == 0, proc.stderr
+    series = read_json(tmp_path / "runs" / "scaling.json")["series"]
+    assert sorted(s["mode"] for s in series) == ["allreduce", "server"]
+    by_mode = {s["mode"]: s["points"] for s in series}
+    assert [p["ranks"] for p in by_mode["allreduce"]] == [1, 2]
+    assert by_mode["allreduce"][1]["predicted_comm_s"] != by_mode["server"][1]["predicted_comm_s"]
+    assert "allreduce mode" in proc.stdout and "server mode" in proc.stdout
 
 
 def test_scale_report_needs_runs(tmp_path):
