@@ -10,7 +10,7 @@ import sys
 from . import __version__
 from .errors import MpigdError, launcher_rank
 
-COMMANDS = ("train", "generate")
+COMMANDS = ("train", "generate", "scale", "scale-report", "bench-comm", "plot")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,6 +84,114 @@ def _generate_parser(sub):
     return p
 
 
+def _bench_comm_parser(sub):
+    p = sub.add_parser(
+        "bench-comm", help="time Bcast/Reduce/Allreduce/Barrier OSU-style and fit t = alpha + n*beta",
+        description="Run under `mpirun -n P`. Times each collective over message sizes (warm-up, "
+        "many rounds with a Barrier between them, avg/min/max over ranks, like the OSU "
+        "micro-benchmarks), fits the Hockney model t = alpha + n*beta per collective, prints "
+        "osu_bcast-like tables and merges the fit for P ranks into --out.",
+    )
+    p.add_argument("--min-size", default="8", metavar="BYTES", help="smallest message, e.g. 8 or 1K [8]")
+    p.add_argument("--max-size", default="64M", metavar="BYTES",
+                   help="largest message, e.g. 64K or 64M [64M]")
+    p.add_argument("--iters", type=int, default=1000, metavar="K", help="timed rounds per small size [1000]")
+    p.add_argument("--iters-large", type=int, default=100, metavar="K",
+                   help="timed rounds per size above 8 KB [100]")
+    p.add_argument("--warmup", type=int, default=100, metavar="K", help="untimed rounds per small size [100]")
+    p.add_argument("--warmup-large", type=int, default=10, metavar="K",
+                   help="untimed rounds per size above 8 KB [10]")
+    p.add_argument("--collectives", default="bcast,reduce,allreduce,barrier", metavar="LIST",
+                   help="which of bcast,reduce,allreduce,barrier to time [all]")
+    p.add_argument("--out", default="comm_model.json", metavar="FILE.json",
+                   help="model file; the entry for this rank count is replaced, others are kept "
+                   "[comm_model.json]")
+    p.add_argument("--quiet", action="store_true", help="no tables")
+    return p
+
+
+def _scale_parser(sub):
+    p = sub.add_parser(
+        "scale", help="strong/weak scaling sweep: run the trainer per rank count, report speedup",
+        description="Run the trainer once per rank count and repeat through a launcher, then "
+        "write scaling.csv, scaling.json and a table: seconds per iteration (median of "
+        "repeats), speedup T_base/T_m, efficiency, compute/comm/sync per iteration, "
+        "imbalance, and the cost model's prediction. Run it without mpirun: it launches "
+        "its runs itself.",
+    )
+    p.add_argument("--ranks", default="1,2", metavar="LIST", help="rank counts, e.g. 1,2,4,8 [1,2]")
+    p.add_argument("--mode", dest="kind", choices=("strong", "weak"), default="strong",
+                   help="strong: the same data for every rank count; weak: --rows per rank [strong]")
+    p.add_argument("--rows", type=int, default=200_000, metavar="N",
+                   help="rows of the synthetic data (weak: per rank; per worker with a dedicated "
+                   "server) [200000]")
+    p.add_argument("--features", type=int, default=32, metavar="D", help="features [32]")
+    p.add_argument("--data", metavar="FILE.h5", help="strong only: use this file instead of synthetic data")
+    p.add_argument("--data-dir", metavar="DIR", help="where synthetic data are made or reused [OUT/data]")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the synthetic data [0]")
+    p.add_argument("--iters", type=int, default=50, metavar="K", help="iterations per run (--tol 0) [50]")
+    p.add_argument("--repeat", type=int, default=3, metavar="R", help="runs per rank count [3]")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="BLAS threads per rank in every run; 1 keeps m ranks on m cores, so the "
+                   "1-rank baseline is one core too [1]")
+    p.add_argument("--out", metavar="DIR", help="sweep directory [runs/scale-<timestamp>]")
+    p.add_argument("--launcher", metavar="TEMPLATE",
+                   help='how to start N ranks, e.g. "mpirun -n {n}" or "srun -n {n}" [mpiexec -n {n}]')
+    p.add_argument("--train-mode", metavar="LIST",
+                   help="trainer --mode values to compare, e.g. server,allreduce (forwarded as "
+                   "--mode; omitted = the trainer's default)")
+    p.add_argument("--straggler-delays", metavar="SECONDS,...",
+                   help="straggler study: repeat every run with these delays, e.g. 0,0.01,0.02")
+    p.add_argument("--straggler-rank", default="last", metavar="R|last",
+                   help="the rank that sleeps in the straggler study [last]")
+    p.add_argument("--train-args", default="", metavar='"ARGS"',
+                   help='more trainer options for every run, e.g. --train-args="--dtype float32"')
+    p.add_argument("--comm-model", default="auto", metavar="auto|none|FILE",
+                   help="auto: run bench-comm per rank count into OUT/comm_model.json; "
+                   "or an existing comm_model.json; none: no prediction [auto]")
+    p.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
+                   help="limit per launched job [3600]")
+    p.add_argument("--plots", action="store_true", help="also write the PNG plots (needs matplotlib)")
+    p.add_argument("--force", action="store_true",
+                   help="rerun the runs (and bench-comm) that already completed in OUT")
+    return p
+
+
+def _scale_report_parser(sub):
+    p = sub.add_parser(
+        "scale-report", help="scaling table, CSV and JSON from every result.json below a directory",
+        description="Read every result.json below RUNS_DIR (recursively), group the runs by "
+        "rank count (and trainer mode, problem, straggler delay), and write scaling.csv, "
+        "scaling.json and the table; with a comm_model.json (in RUNS_DIR or --model) the "
+        "cost model's prediction sits next to each measured point.",
+    )
+    p.add_argument("runs_dir", metavar="RUNS_DIR")
+    p.add_argument("--out", metavar="DIR", help="where to write the report [RUNS_DIR]")
+    p.add_argument("--model", metavar="FILE.json",
+                   help="comm_model.json [RUNS_DIR/comm_model.json if present]")
+    p.add_argument("--kind", choices=("auto", "strong", "weak"), default="auto",
+                   help="auto: from RUNS_DIR/sweep.json, else inferred from rows per rank [auto]")
+    p.add_argument("--plots", action="store_true", help="also write the PNG plots (needs matplotlib)")
+    return p
+
+
+def _plot_parser(sub):
+    p = sub.add_parser(
+        "plot", help="PNG plots of a sweep (speedup, efficiency, time breakdown, loss)",
+        description="Write PNG plots for a sweep directory (or any directory of runs): speedup "
+        "with the ideal line and the model's prediction, efficiency, per-iteration time "
+        "breakdown, the straggler study if any, and loss vs iteration and wall time for one "
+        "run. A single run directory gives the loss plot alone.",
+    )
+    p.add_argument("runs_dir", metavar="DIR")
+    p.add_argument("--out", metavar="DIR", help="where to write the PNGs [DIR]")
+    p.add_argument("--model", metavar="FILE.json", help="comm_model.json [DIR/comm_model.json if present]")
+    p.add_argument("--kind", choices=("auto", "strong", "weak"), default="auto")
+    p.add_argument("--run", metavar="RUN_DIR",
+                   help="the run for the loss plot [the largest rank count's first]")
+    return p
+
+
 def build_parser():
     parser = _Parser(
         prog="mpigd", description="Data-parallel gradient descent on MPI, instrumented.",
@@ -93,6 +201,10 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     _train_parser(sub)
     _generate_parser(sub)
+    _scale_parser(sub)
+    _scale_report_parser(sub)
+    _bench_comm_parser(sub)
+    _plot_parser(sub)
     return parser
 
 
@@ -103,6 +215,12 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.command == "generate":
         return _generate(args)
+    if args.command in ("scale", "scale-report", "plot"):
+        from . import scaling
+
+        return scaling.command(args)
+    if args.command == "bench-comm":
+        return _bench_comm(args)
     return _train(vars(args))
 
 
@@ -116,6 +234,28 @@ def _generate(args):
     size_gb = args.rows * args.features * (4 if args.dtype == "float32" else 8) / 1e9
     print(f"mpigd: wrote {args.out}: X {args.rows} x {args.features} {args.dtype} "
           f"({size_gb:.3f} GB), y, w_true in {seconds:.2f} s")
+    return 0
+
+
+def _bench_comm(args):
+    from . import commbench
+
+    collectives = [c.strip() for c in args.collectives.split(",") if c.strip()]
+    unknown = sorted(set(collectives) - set(commbench.COLLECTIVES))
+    if unknown or not collectives:
+        raise MpigdError(f"--collectives must name some of {','.join(commbench.COLLECTIVES)}; "
+                         f"got {args.collectives!r}")
+    for option in ("iters", "iters_large"):
+        if getattr(args, option) < 1:
+            raise MpigdError(f"--{option.replace('_', '-')} must be >= 1")
+    if args.warmup < 0 or args.warmup_large < 0:
+        raise MpigdError("--warmup and --warmup-large must be >= 0")
+    sizes = commbench.message_sizes(commbench.parse_size(args.min_size), commbench.parse_size(args.max_size))
+
+    from mpi4py import MPI  # MPI starts only now: argument errors never needed it
+
+    commbench.run(MPI.COMM_WORLD, args.out, collectives, sizes, args.iters, args.iters_large,
+                  args.warmup, args.warmup_large, quiet=args.quiet)
     return 0
 
 
