@@ -48,6 +48,10 @@ def run(argv=None):
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         return code if code == 0 else _abort_job(code)
+    except BrokenPipeError:
+        # `mpigd ... | head`: the reader left; not an error worth a traceback.
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"mpigd: interrupted on rank {world_rank()}", file=sys.stderr, flush=True)
         return _abort_job(130)

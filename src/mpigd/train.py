@@ -227,7 +227,8 @@ def _train(config, comm, run_dir, resume, straggle_s, stop):
             f"checkpoint saved to {run_dir}/{checkpoint.FILE}; continue with "
             f"`mpirun -n {size} python -m mpigd --resume {run_dir}`")
 
-    facts = np.array([hi - lo, lo, hi, load_s, _peak_rss_bytes()], dtype=np.float64)
+    facts = np.array([hi - lo, lo, hi, load_s, _peak_rss_bytes(), os.cpu_count() or 0],
+                     dtype=np.float64)
     all_facts = np.empty((size, facts.size)) if root else None
     comm.Gather(facts, all_facts, root=0)
     hosts = _gather_hosts(comm)
@@ -269,7 +270,8 @@ def _result(config, info, dtype, data_path, run_dir, trajectory, seconds, facts,
     for r in range(len(facts)):
         entry = {"rank": r, "host": hosts[r], "rows": int(facts[r, 0]),
                  "row_range": [int(facts[r, 1]), int(facts[r, 2])],
-                 "load_s": float(facts[r, 3]), "peak_rss_mb": facts[r, 4] / 2**20}
+                 "load_s": float(facts[r, 3]), "peak_rss_mb": facts[r, 4] / 2**20,
+                 "cpus": int(facts[r, 5])}  # of the rank's host: tells oversubscription
         entry.update({f"{name}_s": float(totals[r, i]) for i, name in enumerate(PHASES)})
         per_rank.append(entry)
     return {
