@@ -10,6 +10,7 @@ to FILE (scripts/failure_matrix.sh makes the table from it).
 """
 
 import os
+import re
 import shutil
 
 import h5py
@@ -203,6 +204,13 @@ def _(tmp_path, problem):
     X = np.full((40, 3), 3e19, dtype=np.float32)  # finite, but X^T X is not in float32
     return (["--data", tiny(tmp_path, X=X, y=np.ones(40, dtype=np.float32))],
             ["not finite", "float32", "--dtype float64"])
+
+
+@case("values overflow float32 (fixed --lr)")
+def _(tmp_path, problem):
+    y = np.full(40, 1e20, dtype=np.float32)  # finite, but 1/2 ||y||^2 is not in float32
+    return (["--data", tiny(tmp_path, X=np.ones((40, 3), dtype=np.float32), y=y), "--lr", "0.01"],
+            ["not finite before any update", "float32", "--dtype float64"])
 
 
 # --- the options -----------------------------------------------------------------------
@@ -431,8 +439,12 @@ def test_bad_input(name, tmp_path, problem):
             assert before.read() == now.read()
     else:
         assert not os.path.exists(os.path.join(out, "result.json"))
-    if name.startswith("diverge"):
-        assert os.path.exists(os.path.join(out, "history-diverged.csv"))
+    if name.startswith("diverge"):  # the history up to the diverged iteration is kept
+        with open(os.path.join(out, "history-diverged.csv")) as handle:
+            rows = handle.read().splitlines()
+        last = int(re.search(r"diverged at iteration (\d+)", lines[0]).group(1))
+        assert rows[0].startswith("iteration,loss") and len(rows) == last + 2
+        assert rows[-1].startswith(f"{last},")
     assert not os.path.exists(tmp_path / "pwned")
 
 
