@@ -9,6 +9,7 @@ With MPIGD_MATRIX_OUT=FILE each case appends a row `| case | ranks | exit | s | 
 to FILE (scripts/failure_matrix.sh makes the table from it).
 """
 
+import fcntl
 import os
 import re
 import shutil
@@ -26,6 +27,7 @@ NOISE = ("Traceback", "MPI_Abort", "application called", "BAD TERMINATION", "une
 FIXED = ["--lr", "2e-4", "--tol", "0", "--quiet"]
 
 CASES = {}
+HELD = []  # file descriptors a case keeps open (with a lock) for the length of its run
 
 
 def case(name, ranks=2):
@@ -85,6 +87,20 @@ def _(tmp_path, problem):
     return ["--data", path], ["damaged", "copy it again"]
 
 
+@case("--data is a directory")
+def _(tmp_path, problem):
+    return ["--data", str(tmp_path)], ["is a directory", "--data takes an HDF5 file"]
+
+
+@case("file locked by a writer")
+def _(tmp_path, problem):
+    path = problem[2]
+    held = os.open(path, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # what h5py.File(path, "w"/"a") holds while writing
+    HELD.append(held)
+    return ["--data", path], ["could not lock it", "wait until it is done", "HDF5_USE_FILE_LOCKING=FALSE"]
+
+
 # --- the datasets ----------------------------------------------------------------------
 
 @case("X dataset absent")
@@ -97,6 +113,16 @@ def _(tmp_path, problem):
 def _(tmp_path, problem):
     return (["--data", problem[2], "--y-dataset", "target"],
             ["'target' not found", "datasets there: X, y", "--y-dataset"])
+
+
+@case("X is a group")
+def _(tmp_path, problem):
+    path = tmp_path / "grouped.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("train/X", data=np.ones((40, 3)))
+        f.create_dataset("y", data=np.ones(40))
+    return (["--data", str(path), "--x-dataset", "train"],
+            ["'train' is not a dataset", "datasets there: train/X, y", "--x-dataset"])
 
 
 @case("X not 2-D")
@@ -143,6 +169,12 @@ def _(tmp_path, problem):
 def _(tmp_path, problem):
     return (["--data", tiny(tmp_path, X=np.ones((40, 3), dtype=bool))],
             ["'X' has dtype bool", "not a number type"])
+
+
+@case("zero rows")
+def _(tmp_path, problem):
+    return (["--data", tiny(tmp_path, X=np.ones((0, 3)), y=np.ones(0))],
+            ["has no rows", "--data"])
 
 
 @case("zero features")
@@ -275,6 +307,33 @@ def _(tmp_path, problem):
     return ["--data", problem[2], "--straggler", "5:0.1"], ["rank 5 does not exist", "0..1"]
 
 
+@case("--tol negative")
+def _(tmp_path, problem):
+    return ["--data", problem[2], "--tol=-1"], ["--tol must be >= 0", "0 runs all --iters"]
+
+
+@case("--threads 0")
+def _(tmp_path, problem):
+    return ["--data", problem[2], "--threads", "0"], ["--threads must be >= 1"]
+
+
+@case("--checkpoint-every negative")
+def _(tmp_path, problem):
+    return ["--data", problem[2], "--checkpoint-every=-5"], ["--checkpoint-every must be >= 0"]
+
+
+@case("--dtype float16")
+def _(tmp_path, problem):
+    return (["--data", problem[2], "--dtype", "float16"],
+            ["invalid choice: 'float16'", "`python -m mpigd train --help`"])
+
+
+@case("--dedicated-server with --mode allreduce")
+def _(tmp_path, problem):
+    return (["--data", problem[2], "--dedicated-server", "--mode", "allreduce"],
+            ["--dedicated-server needs --mode server"])
+
+
 @case("unknown option")
 def _(tmp_path, problem):
     return (["--data", problem[2], "--iterations", "5"],
@@ -368,6 +427,30 @@ def _(tmp_path, problem):
     return ["--resume", str(tmp_path / "run")], ["no checkpoint", "--checkpoint-every"]
 
 
+@case("resume: checkpoint damaged")
+def _(tmp_path, problem):
+    out = str(tmp_path / "run")
+    crashed_run_with_checkpoint(problem[2], out)
+    os.truncate(os.path.join(out, "checkpoint.h5"), 1000)
+    return ["--resume", out], ["cannot read checkpoint", "damaged", "start a new run"]
+
+
+@case("resume: --iters below the checkpoint")
+def _(tmp_path, problem):
+    out = str(tmp_path / "run")
+    crashed_run_with_checkpoint(problem[2], out)
+    return ["--resume", out, "--iters", "3"], ["at iteration 5, past --iters 3", "larger --iters"]
+
+
+@case("resume: a finished run")
+def _(tmp_path, problem):
+    out = tmp_path / "run"
+    first = mpirun(2, "--data", problem[2], "--iters", 2, *FIXED, out=str(out))
+    assert first.returncode == 0, first
+    shutil.copy(out / "result.json", out / "previous.json")  # the test checks it is untouched
+    return ["--resume", str(out)], ["holds a finished run", "nothing to resume"]
+
+
 @case("resume: with --config")
 def _(tmp_path, problem):
     out = str(tmp_path / "run")
@@ -422,7 +505,11 @@ def test_bad_input(name, tmp_path, problem):
     out = str(tmp_path / "run")
     if "--out" not in args and "--resume" not in args:
         args = [*args, "--out", out]
-    run = mpirun(ranks, *args, timeout=60)
+    try:
+        run = mpirun(ranks, *args, timeout=60)
+    finally:
+        while HELD:
+            os.close(HELD.pop())
     text = run.stdout + run.stderr
     lines = [line for line in text.splitlines() if "mpigd: error" in line]
     _record(name, ranks, run, lines[0] if lines else "(no message)", tmp_path)

@@ -126,8 +126,9 @@ def load(run_dir):
                 lambda_max=meta["lambda_max"], power_iterations=meta["power_iterations"],
                 config=meta["config"], fingerprint=meta["fingerprint"], ranks=meta["ranks"],
             )
-    except (OSError, KeyError, ValueError) as exc:
-        raise MpigdError(f"cannot read checkpoint {path}: {exc}") from None
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
+        raise MpigdError(f"cannot read checkpoint {path} ({exc}); it is damaged or not an mpigd "
+                         "checkpoint: start a new run (another --out, or delete it)") from None
 
 
 def check_fingerprint(saved, current, run_dir):

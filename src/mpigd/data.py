@@ -91,6 +91,10 @@ def open_input(path):
     try:
         return h5py.File(path, "r")  # read-only: an input is never modified
     except OSError as exc:
+        if "unable to lock" in str(exc):  # a writer holds it, or the file system has no locks (some Lustre)
+            raise MpigdError(f"cannot open {path}: HDF5 could not lock it (h5py: {exc}); if another "
+                             "program is writing it, wait until it is done; on a file system "
+                             "without locks, set HDF5_USE_FILE_LOCKING=FALSE") from None
         raise MpigdError(f"{path} is not a readable HDF5 file (h5py: {exc}); check that --data "
                          "names the right file and, if it was copied, copy it again") from None
 
@@ -130,6 +134,9 @@ def inspect(h5file, x_name, y_name):
                          "store one sample per row (a single feature is shape (rows, 1)), or "
                          "choose another dataset with --x-dataset")
     rows, features = x.shape
+    if rows == 0:
+        raise MpigdError(f"X dataset '{x_name}' has no rows (shape {x.shape}): nothing to fit; "
+                         "check --data and --x-dataset")
     if features == 0:
         raise MpigdError(f"X dataset '{x_name}' has zero features (shape {x.shape}): nothing to "
                          "fit; check that --x-dataset names the features")
