@@ -242,7 +242,7 @@ def _(tmp_path, problem):
 def _(tmp_path, problem):
     y = np.full(40, 1e20, dtype=np.float32)  # finite, but 1/2 ||y||^2 is not in float32
     return (["--data", tiny(tmp_path, X=np.ones((40, 3), dtype=np.float32), y=y), "--lr", "0.01"],
-            ["not finite before any update", "float32", "--dtype float64"])
+            ["the loss became inf at iteration 0, before any update", "float32", "--dtype float64"])
 
 
 # --- the options -----------------------------------------------------------------------

@@ -217,17 +217,17 @@ def _train(config, comm, run_dir, resume, straggle_s, stop):
                 kept = os.path.join(run_dir, "history-diverged.csv")
                 report.write_history(kept, *rules.history(), seconds, start)
         t = rules.last  # rank 0 speaks, and only rank 0 knows the history in server mode
-        kept = f"no result was written, the history so far is in {run_dir}/history-diverged.csv"
-        if t == start:  # before any update: finite data whose loss overflows
+        note = f"no result was written, the history so far is in {run_dir}/history-diverged.csv"
+        if t == start:  # before any update: finite data whose loss or gradient overflows
             raise MpigdError(
-                f"the loss at iteration {t} is not finite before any update: the data's values "
-                f"are too large for {X.dtype} arithmetic; use --dtype float64 or --standardize; "
-                f"{kept}", collective=True)
+                f"{rules.why} at iteration {t}, before any update: the data's values are too "
+                f"large for {X.dtype} arithmetic; use --dtype float64 or --standardize; {note}",
+                collective=True)
         step = (f"step size {lr:.6g} (--lr auto = 1/lambda_max); pass a smaller --lr, e.g. "
                 f"--lr {lr / 4:.3g}, or --standardize" if lmax is not None else
                 f"--lr {lr:.6g}; use a smaller --lr, or --lr auto (and --standardize for "
                 "features of very different scales)")
-        raise MpigdError(f"training diverged at iteration {t}: {rules.why}, with {step}; {kept}",
+        raise MpigdError(f"training diverged at iteration {t}: {rules.why}, with {step}; {note}",
                          collective=True)
     if status[0] == _TERMINATED:
         with agreed(comm, "saving the checkpoint after SIGTERM"):
