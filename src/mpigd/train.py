@@ -239,6 +239,7 @@ def _train(config, comm, run_dir, resume, straggle_s, stop):
             result = _result(config, info, X.dtype, data_path, run_dir, trajectory, seconds,
                              all_facts, hosts, lr, lmax, power_steps, threads, started)
             result["resumed_from"] = resume.iteration if resume is not None else None
+            result["kernel"] = {"name": shard.kernel, "setup_s": shard.setup_s}  # rank 0's
             result["checkpoints"] = {"every": config.checkpoint_every, **saved}
             w, intercept = transform.original_weights(trajectory.w)
             result["preprocessing"] = {
