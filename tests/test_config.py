@@ -45,7 +45,7 @@ def test_bad_toml_and_missing_file(tmp_path):
     ({"lr": "fast"}, "--lr must be a number"),
     ({"lr": "nan"}, "--lr must be finite"),
     ({"iters": "0"}, "--iters must be >= 1"),
-    ({"iters": "1.5"}, "--iters must be a number"),
+    ({"iters": "1.5"}, "--iters must be a whole number"),
     ({"tol": "-1"}, "--tol must be >= 0"),
     ({"threads": "0"}, "--threads must be >= 1"),
     ({"straggler": "1"}, "--straggler must look like RANK:SECONDS"),

@@ -101,7 +101,7 @@ def test_missing_file_says_how_to_make_one(tmp_path):
 def test_not_hdf5(tmp_path):
     path = tmp_path / "text.h5"
     path.write_text("hello")
-    assert "cannot open" in _error(str(path))
+    assert "not a readable HDF5 file" in _error(str(path))
 
 
 def test_missing_dataset_lists_what_exists(tmp_path):

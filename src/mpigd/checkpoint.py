@@ -131,11 +131,14 @@ def load(run_dir):
 
 
 def check_fingerprint(saved, current, run_dir):
-    """Refuse to resume on data other than the data the checkpoint was made from."""
+    """Refuse to resume on data other than the data the checkpoint was made from.
+
+    Collective: both fingerprints are the same on every rank, so every rank raises.
+    """
     for key, what in (("features", "features"), ("rows", "rows"), ("dtype", "compute dtype"),
                       ("checksum", "content checksum")):
         if saved.get(key) != current.get(key):
             raise MpigdError(
                 f"cannot resume {run_dir}: its checkpoint was made from data with {what} "
                 f"{saved.get(key)}, but the data now has {current.get(key)}; resume with the "
-                "same data, or start a new run")
+                "same data, or start a new run", collective=True)

@@ -19,7 +19,8 @@ class _Parser(argparse.ArgumentParser):
             super()._print_message(message, file)
 
     def error(self, message):
-        raise MpigdError(f"{message} (see `python -m mpigd {self.prog.split()[-1]} --help`)")
+        # prog is "mpigd" or "mpigd train": the hint names the help that lists the options.
+        raise MpigdError(f"{message} (see `python -m {self.prog} --help`)")
 
 
 def _train_parser(sub):
@@ -239,7 +240,12 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "train")  # `python -m mpigd --data f.h5` means train
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # point at the command's own help, which lists its options
+        command = f" {args.command}" if args.command else ""
+        raise MpigdError(f"unrecognized arguments: {' '.join(unknown)} "
+                         f"(see `python -m mpigd{command} --help`)")
     if args.command == "generate":
         return _generate(args)
     if args.command in ("scale", "scale-report", "plot"):
@@ -316,6 +322,8 @@ def _train(options):
     options.pop("command", None)
     config_file = options.pop("config", None)
     resume_dir = options.pop("resume", None)
+    if resume_dir and config_file:  # before MPI starts: one message, not one per rank
+        raise MpigdError("--resume takes the settings from the checkpoint; drop --config")
     if not resume_dir:
         file_settings = configuration.load_file(config_file) if config_file else {}
         config = configuration.build(file_settings, options)
@@ -331,8 +339,6 @@ def _train(options):
         from .checkpoint import load
         from .comm import agreed
 
-        if config_file:
-            raise MpigdError("--resume takes the settings from the checkpoint; drop --config")
         with agreed(comm, f"reading the checkpoint in {resume_dir}"):
             resume = load(resume_dir)
             config = configuration.for_resume(resume.config, options)

@@ -48,6 +48,9 @@ _INTEGER = {"iters", "threads", "seed", "checkpoint_every"}
 _FLOAT = {"tol"}
 _STRING = {"data", "x_dataset", "y_dataset", "out", "dtype", "straggler", "mode"}
 # What a resumed run may change: everything else would make it a different computation.
+# StopRules and the phase clocks hold (iters x phases) arrays on every rank: a typo like
+# --iters 1e12 must be refused, not met with a MemoryError. Longer runs chain --resume.
+MAX_ITERS = 10**7
 RESUME_OVERRIDABLE = {"iters", "tol", "quiet", "threads", "straggler", "trace",
                       "checkpoint_every", "mode", "dedicated_server", "force"}
 
@@ -115,11 +118,12 @@ def for_resume(saved, cli_settings):
     return after
 
 
-def _number(text, option, cast=float):
+def _number(text, option, cast=float, hint=""):
     try:
         value = cast(text)
     except (TypeError, ValueError):
-        raise MpigdError(f"{option} must be a number, got {text!r}") from None
+        what = "a whole number" if cast is int else "a number"
+        raise MpigdError(f"{option} must be {what}{hint}, got {text!r}") from None
     if isinstance(value, float) and not math.isfinite(value):
         raise MpigdError(f"{option} must be finite, got {text!r}")
     return value
@@ -138,12 +142,16 @@ def parse_straggler(text):
 
 def validate(config):
     if config.lr != "auto":
-        config.lr = _number(config.lr, "--lr")
+        config.lr = _number(config.lr, "--lr", hint=" (or auto)")
         if config.lr <= 0:
             raise MpigdError(f"--lr must be > 0 (or 'auto'), got {config.lr}")
     config.iters = _number(config.iters, "--iters", int)
     if config.iters < 1:
         raise MpigdError(f"--iters must be >= 1, got {config.iters}")
+    if config.iters > MAX_ITERS:
+        raise MpigdError(f"--iters must be <= {MAX_ITERS} (the history is kept in memory), got "
+                         f"{config.iters}; a problem that needs more updates is badly conditioned: "
+                         "try --standardize, and let --tol stop the run")
     config.tol = _number(config.tol, "--tol")
     if config.tol < 0:
         raise MpigdError(f"--tol must be >= 0 (0 runs all --iters), got {config.tol}")

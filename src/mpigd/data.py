@@ -5,6 +5,7 @@ concurrent readers) and reads only its contiguous, balanced block of rows straig
 a preallocated array.
 """
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,10 +67,10 @@ def _dataset(h5file, name, role, option):
             f"{role} dataset '{name}' {what} in {h5file.filename} (datasets there: {found}); "
             f"choose one with {option} NAME"
         )
-    if obj.dtype.kind not in "fiu":
+    if obj.dtype.kind not in "fiu":  # bool, strings, compound, opaque: no silent casts
         raise MpigdError(
             f"{role} dataset '{name}' has dtype {obj.dtype}, not a number type; "
-            "store it as float64 or float32"
+            "store it as float64 or float32 (integers are accepted too)"
         )
     return obj
 
@@ -85,10 +86,39 @@ def open_input(path):
             f"data file {path} does not exist; check --data, or create one with "
             "`python -m mpigd generate --rows N --features D --out FILE.h5`"
         )
+    if os.path.isdir(path):
+        raise MpigdError(f"data file {path} is a directory; --data takes an HDF5 file")
     try:
-        return h5py.File(path, "r")
+        return h5py.File(path, "r")  # read-only: an input is never modified
     except OSError as exc:
-        raise MpigdError(f"cannot open {path} as an HDF5 file ({exc}); is it complete and HDF5?") from None
+        raise MpigdError(f"{path} is not a readable HDF5 file (h5py: {exc}); check that --data "
+                         "names the right file and, if it was copied, copy it again") from None
+
+
+@contextmanager
+def readable(path):
+    """Turn HDF5's low-level failures while reading `path` into a message about the file.
+
+    A damaged file opens fine and fails later, in h5py, as OSError or RuntimeError
+    ("bad symbol table node signature", "Can't read data"): the user's problem is then
+    the file, not mpigd.
+    """
+    try:
+        yield
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+        if not _raised_in_h5py(exc):  # e.g. a bug, or an injected fault: not the file
+            raise
+        raise MpigdError(f"{path} is damaged: reading it failed (h5py: {exc}); copy it again "
+                         "or regenerate it") from None
+
+
+def _raised_in_h5py(exc):
+    tb = exc.__traceback__
+    while tb is not None:
+        if "h5py" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def inspect(h5file, x_name, y_name):
@@ -96,16 +126,20 @@ def inspect(h5file, x_name, y_name):
     x = _dataset(h5file, x_name, "X", "--x-dataset")
     y = _dataset(h5file, y_name, "y", "--y-dataset")
     if x.ndim != 2:
-        raise MpigdError(f"X dataset '{x_name}' must be 2-D (rows x features), has shape {x.shape}")
+        raise MpigdError(f"X dataset '{x_name}' must be 2-D (rows x features), has shape {x.shape}; "
+                         "store one sample per row (a single feature is shape (rows, 1)), or "
+                         "choose another dataset with --x-dataset")
     rows, features = x.shape
     if features == 0:
-        raise MpigdError(f"X dataset '{x_name}' has zero features (shape {x.shape})")
+        raise MpigdError(f"X dataset '{x_name}' has zero features (shape {x.shape}): nothing to "
+                         "fit; check that --x-dataset names the features")
     if not (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)):
-        raise MpigdError(f"y dataset '{y_name}' must have shape (n,) or (n, 1), has {y.shape}")
+        raise MpigdError(f"y dataset '{y_name}' must have shape (n,) or (n, 1), has {y.shape}; "
+                         "one target per row (choose another dataset with --y-dataset)")
     if y.shape[0] != rows:
         raise MpigdError(
             f"y dataset '{y_name}' has {y.shape[0]} rows but X '{x_name}' has {rows}; "
-            "they must describe the same samples"
+            "they must describe the same samples (check --x-dataset and --y-dataset)"
         )
     return DatasetInfo(
         path=h5file.filename, x_name=x_name, y_name=y_name, rows=rows, features=features,

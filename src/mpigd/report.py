@@ -33,6 +33,8 @@ def choose_run_dir(out, force):
         while os.path.exists(out):
             suffix += 1
             out = os.path.join("runs", f"{stamp}-{suffix}")
+    elif os.path.exists(out) and not os.path.isdir(out):
+        raise MpigdError(f"--out {out} is a file, not a directory; choose another --out")
     elif os.path.exists(os.path.join(out, RESULT)) and not force:
         raise MpigdError(
             f"{out} already holds a result ({RESULT}); choose another --out or pass --force"

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
+from .errors import MpigdError
 from .signals import StopRequest
 from .timing import PhaseClock
 
@@ -43,6 +44,7 @@ class StopRules:
         self.grad_norm = np.zeros(max_iters + 1)
         self.loss[:start], self.grad_norm[:start] = loss, grad_norm
         self.reason = ""
+        self.why = ""  # for a divergence: what was seen, for the message
         self.last = start - 1
         self._streak = 0
 
@@ -54,11 +56,15 @@ class StopRules:
         self.loss[t], self.grad_norm[t], self.last = loss, norm, t
         if not (math.isfinite(loss) and math.isfinite(norm)):
             self.reason = "diverged"
+            self.why = f"the loss became {loss:.3e}" if not math.isfinite(loss) else \
+                f"the gradient norm became {norm:.3e}"
             return DIVERGED
         if t > 0 and loss > self.loss[t - 1] * (1 + GROWTH_MARGIN):
             self._streak += 1
             if self._streak >= GROWTH_STREAK:
                 self.reason = "diverged"
+                self.why = (f"the loss grew for {GROWTH_STREAK} iterations in a row "
+                            f"(to {loss:.3e})")
                 return DIVERGED
         else:
             self._streak = 0
@@ -181,7 +187,8 @@ def estimate_lmax(comm, shard, d, seed=0, rtol=1e-4, max_steps=200):
     """Largest eigenvalue of X^T X by distributed power iteration (same Bcast/Reduce).
 
     Returns the Rayleigh quotient v^T X^T X v of the unit iterate, a lower bound on
-    lambda_max that converges from below; valid on every rank.
+    lambda_max that converges from below; valid on every rank. Raises (on every rank)
+    when X^T X v overflows the shard's dtype: no step size can be derived then.
     """
     root = comm.rank == 0
     vbuf = np.zeros(d + 1)
@@ -202,10 +209,17 @@ def estimate_lmax(comm, shard, d, seed=0, rtol=1e-4, max_steps=200):
         if root:
             previous, estimate = estimate, float(np.dot(v, total))
             norm = float(np.linalg.norm(total))
-            done = norm == 0.0 or steps >= max_steps or abs(estimate - previous) <= rtol * estimate
-            if norm > 0.0:
+            done = (norm == 0.0 or steps >= max_steps or not math.isfinite(norm)
+                    or abs(estimate - previous) <= rtol * estimate)
+            if norm > 0.0 and math.isfinite(norm):
                 v[:] = total / norm
             vbuf[d] = STOP if done else CONTINUE
     result = np.array([estimate])
     comm.Bcast(result, root=0)
+    if not math.isfinite(result[0]):
+        dtype = getattr(getattr(shard, "X", None), "dtype", "the compute dtype's")
+        raise MpigdError(
+            f"--lr auto: lambda_max(X^T X) is not finite ({result[0]}): the data's values are "
+            f"too large for {dtype} arithmetic; use --dtype float64 or --standardize "
+            "(or rescale the data)", collective=True)
     return float(result[0]), steps

@@ -113,15 +113,16 @@ def _load(config, comm, data_path):
     rank, size = comm.rank, comm.size
     workers = size - 1 if config.dedicated_server else size
     fault = faults.planned(rank)
-    with agreed(comm, f"reading {data_path}"):
+    with agreed(comm, f"reading {data_path}"), data.readable(data_path):
         with data.open_input(data_path) as h5file:
             info = data.inspect(h5file, config.x_dataset, config.y_dataset)
             if info.rows < workers:
+                most = info.rows + (size - workers)
                 raise MpigdError(f"{info.rows} rows cannot be shared by {workers} workers; "
-                                 f"use at most {info.rows} worker ranks or more data")
+                                 f"start fewer ranks (`mpirun -n {most}` at most) or use more data")
             dtype = np.dtype(info.x_dtype if config.dtype == "auto" else config.dtype)
-            if dtype.kind != "f":
-                dtype = np.dtype(np.float64)  # integer data is computed in float64
+            if dtype.name not in ("float32", "float64"):
+                dtype = np.dtype(np.float64)  # integers and float16 are computed in float64
             lo, hi = data.shard_rows(info.rows, size, rank, config.dedicated_server)
             X, y = data.read_shard(h5file, info, lo, hi, dtype)
             if fault and fault[0] == "load":
@@ -211,13 +212,19 @@ def _train(config, comm, run_dir, resume, straggle_s, stop):
             if root:
                 kept = os.path.join(run_dir, "history-diverged.csv")
                 report.write_history(kept, *rules.history(), seconds, start)
-        t = rules.last
-        loss = rules.loss[t] if root else float("nan")
-        raise MpigdError(
-            f"training diverged at iteration {t} (loss {loss:.3e}) with --lr {lr:.6g}; use a "
-            "smaller --lr, or --lr auto (and --standardize for features of very different "
-            f"scales); no result was written, the history so far is in "
-            f"{run_dir}/history-diverged.csv", collective=True)
+        t = rules.last  # rank 0 speaks, and only rank 0 knows the history in server mode
+        kept = f"no result was written, the history so far is in {run_dir}/history-diverged.csv"
+        if t == start:  # before any update: finite data whose loss overflows
+            raise MpigdError(
+                f"the loss at iteration {t} is not finite before any update: the data's values "
+                f"are too large for {X.dtype} arithmetic; use --dtype float64 or --standardize; "
+                f"{kept}", collective=True)
+        step = (f"step size {lr:.6g} (--lr auto = 1/lambda_max); pass a smaller --lr, e.g. "
+                f"--lr {lr / 4:.3g}, or --standardize" if lmax is not None else
+                f"--lr {lr:.6g}; use a smaller --lr, or --lr auto (and --standardize for "
+                "features of very different scales)")
+        raise MpigdError(f"training diverged at iteration {t}: {rules.why}, with {step}; {kept}",
+                         collective=True)
     if status[0] == _TERMINATED:
         with agreed(comm, "saving the checkpoint after SIGTERM"):
             if root:
