@@ -82,8 +82,11 @@ data_for() {
     [[ $mode == weak ]] && total=$((rows * n))
     local file="$out/data/synthetic-${total}x${features}-seed${seed}.h5"
     if [[ ! -f $file ]]; then
-        python -m mpigd generate --rows "$total" --features "$features" --seed "$seed" --out "$file.tmp" >&2
+        # Written under a temporary name: an interrupted generation is never reused.
+        python -m mpigd generate --rows "$total" --features "$features" --seed "$seed" \
+            --out "$file.tmp" > /dev/null
         mv "$file.tmp" "$file"
+        echo "data: generated $file" >&2
     fi
     echo "$file"
 }
