@@ -327,6 +327,8 @@ def table(result):
         lines.append(row.format("  speedup / bandwidth ceiling", f"{s['speedup']:.2f} x",
                                 f"{s['ceiling']:.2f} x", f"{s['pct_of_ceiling']:.0f} %",
                                 _ok(s["pct_of_ceiling"] >= TARGETS["speedup_of_ceiling_pct"])))
+    if result["ranks"] > 1:
+        lines.append("peak RSS, start-up, scaling: skipped under mpirun (run the bench without mpirun)")
     lines.append("")
     lines.append("targets: kernel >= 90 % of the read floor (d >= 100); trainer comm <= 1.15 x bare; "
                  "clocks < 1 % of an iteration at 1e6 x 100; peak RSS <= 1.15 x shard + 150 MB; "

@@ -19,12 +19,44 @@ or loads the compiled code from numba's cache (cache=True; NUMBA_CACHE_DIR choos
 import time
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from llvmlite.binding import llvm_version_info
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 # reassoc: vectorize the reductions; contract: fused multiply-add. Not 'nnan'/'ninf':
 # a diverging run must still see Inf/NaN in its loss.
 FASTMATH = {"reassoc", "contract", "nsz"}
 FLUSH_ROWS = 4096  # multiple of 4
+# Software prefetch, for short rows only. The kernel computes about as fast as memory
+# delivers, so the hardware prefetcher alone leaves gaps; asking for the rows ~4 KB ahead
+# took d=100 from ~75 % to ~98 % of the read floor. With long rows (a group of 4 rows
+# over PREFETCH_MAX_GROUP bytes) the burst of prefetches jams the line-fill buffers and
+# costs ~10 %, while the hardware prefetcher already follows long rows well.
+PREFETCH_AHEAD_BYTES = 4096
+PREFETCH_MAX_GROUP = 4096
+
+
+# The intrinsic's name is mangled by its pointer type: i8* while LLVM had typed pointers.
+_PREFETCH_NAME = "llvm.prefetch.p0" if llvm_version_info[0] >= 16 else "llvm.prefetch.p0i8"
+
+
+@intrinsic
+def _prefetch(typingctx, row, index):
+    """Hint the CPU to bring row[index]'s cache line into L1 (never faults)."""
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        byte_ptr = ir.IntType(8).as_pointer()
+        address = builder.bitcast(builder.gep(array.data, [args[1]]), byte_ptr)
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]), _PREFETCH_NAME)
+        # read, locality 3 (keep in all levels), data cache
+        builder.call(fn, [address, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(row, index), codegen
 
 
 @njit(cache=True, fastmath=FASTMATH, nogil=True)
@@ -36,12 +68,21 @@ def _pass(X, y, use_y, w, acc, out):
     n, d = X.shape
     zero = w.dtype.type(0)
     loss = 0.0
+    row_bytes = d * X.itemsize
+    prefetch = 4 * row_bytes <= PREFETCH_MAX_GROUP
+    ahead = max(4, PREFETCH_AHEAD_BYTES // row_bytes)
+    line = max(1, 64 // X.itemsize)
     for lo in range(0, n, FLUSH_ROWS):
         hi = min(n, lo + FLUSH_ROWS)
         for j in range(d):
             acc[j] = zero
         i = lo
         while i + 4 <= hi:
+            if prefetch and i + ahead + 4 <= n:
+                for k in range(4):
+                    later = X[i + ahead + k]
+                    for j in range(0, d, line):
+                        _prefetch(later, j)
             x0 = X[i]
             x1 = X[i + 1]
             x2 = X[i + 2]
