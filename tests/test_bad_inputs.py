@@ -21,7 +21,7 @@ from conftest import mpirun, write_h5
 
 DEADLINE_S = 10
 NOISE = ("Traceback", "MPI_Abort", "application called", "BAD TERMINATION", "unexpected error",
-         "YOUR APPLICATION TERMINATED")
+         "YOUR APPLICATION TERMINATED", "Warning")
 # Iterate with a fixed small step, quietly, on the `problem` fixture.
 FIXED = ["--lr", "2e-4", "--tol", "0", "--quiet"]
 

@@ -163,7 +163,8 @@ def _train(config, comm, run_dir, resume, straggle_s, stop):
     if resume is not None:
         lr, lmax, power_steps = resume.lr, resume.lambda_max, resume.power_iterations
     elif config.lr == "auto":
-        lmax, power_steps = estimate_lmax(comm, shard, info.features, seed=config.seed)
+        with np.errstate(over="ignore", invalid="ignore"):  # a non-finite lmax is reported
+            lmax, power_steps = estimate_lmax(comm, shard, info.features, seed=config.seed)
         if not lmax > 0:
             raise MpigdError("X^T X is zero (all features are zero after preprocessing); "
                              "nothing to fit", collective=True)
@@ -202,8 +203,11 @@ def _train(config, comm, run_dir, resume, straggle_s, stop):
             faults.fail(f"loop iteration {t}", rank)
 
     loop = peer_to_peer_descent if config.mode == "allreduce" else gradient_descent
-    trajectory = loop(comm, shard, w0, lr, rules, straggle_s=straggle_s, stop=stop,
-                      on_iteration=on_iteration)
+    # Overflow is detected (rules.decide checks loss and |g| every iteration) and reported
+    # as divergence: numpy's own warnings would only add noise to that one message.
+    with np.errstate(over="ignore", invalid="ignore"):
+        trajectory = loop(comm, shard, w0, lr, rules, straggle_s=straggle_s, stop=stop,
+                          on_iteration=on_iteration)
     status = np.array([_OK], dtype=np.int64)
     if root:
         status[0] = {"diverged": _DIVERGED, "terminated": _TERMINATED}.get(rules.reason, _OK)
