@@ -255,8 +255,9 @@ def test_a_failing_run_fails_the_job_with_one_clear_error(cluster):
 
 def test_sigterm_before_the_time_limit_checkpoints_and_resumes(cluster, data):
     long_run = ("--data", data, "--iters", 1_000_000, "--tol", 0)
-    # Slurm's own warning: --time=1 with --signal=TERM@55 signals the ranks 5..60 s in.
-    timed, _ = cluster.sbatch("--time=1", "--signal=TERM@55", _sbatch_script("train.sbatch"),
+    # Slurm's own warning: --time=1 with --signal=TERM@45 signals the ranks 15..45 s in
+    # (it checks limits every ~30 s); 15 s leaves time to start Python on a loaded machine.
+    timed, _ = cluster.sbatch("--time=1", "--signal=TERM@45", _sbatch_script("train.sbatch"),
                               *long_run, wait=False)
     # And by hand, as a user would to stop a run now and keep it resumable.
     cancelled, _ = cluster.sbatch(_sbatch_script("train.sbatch"), *long_run, wait=False)
