@@ -25,13 +25,15 @@ usage: $0 [options]
   --out DIR              sweep directory [runs/scale-slurm-<date>]
   --sbatch "OPTIONS"     more sbatch options for every job, e.g. "--partition=p --account=a --exclusive"
   --train-args "ARGS"    more trainer options for every run, e.g. "--dtype float32"
+  --bench-comm           also time the collectives per rank count (one job each, one after
+                         another: they share OUT/comm_model.json) for the model's prediction
   --wait                 wait for the collector job; exit with its status
 USAGE
 }
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 mode=strong ranks=1,2 rows=200000 features=32 seed=0 data="" iters=50 repeat=1
-per_node="" out="" sbatch_extra="" train_args="" wait=no
+per_node="" out="" sbatch_extra="" train_args="" wait=no bench=no
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --mode) mode=$2; shift 2 ;;
@@ -47,6 +49,7 @@ while [[ $# -gt 0 ]]; do
         --sbatch) sbatch_extra=$2; shift 2 ;;
         --train-args) train_args=$2; shift 2 ;;
         --wait) wait=yes; shift ;;
+        --bench-comm) bench=yes; shift ;;
         -h | --help) usage; exit 0 ;;
         *) echo "submit_scaling.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -111,6 +114,27 @@ for n in "${counts[@]}"; do
     run_ids+=("$id")
     echo "run $name: job $id ($n ranks on $nodes node(s), repeat $repeat)"
 done
+
+if [[ $bench == yes ]]; then
+    # The trainer's messages are d+1 doubles: time sizes from 8 B to a few times that.
+    largest=1024
+    while (( largest < 32 * (features + 1) )); do largest=$((largest * 2)); done
+    previous=""
+    for n in "${counts[@]}"; do
+        tasks=${per_node:-$n}
+        (( tasks > n )) && tasks=$n
+        name=$(printf 'bench-p%03d' "$n")
+        # afterany: one at a time, since each merges its fit into the same comm_model.json.
+        id=$(sbatch --parsable --ntasks="$n" --nodes=$(( (n + tasks - 1) / tasks )) \
+             --ntasks-per-node="$tasks" --job-name="mpigd-$name" --output="$out/logs/$name-%j.out" \
+             ${previous:+--dependency=afterany:$previous} "${extra[@]}" "$here/train.sbatch" \
+             bench-comm --max-size "$largest" --out "$out/comm_model.json" --quiet)
+        id=${id%%;*}
+        previous=$id
+        run_ids+=("$id")
+        echo "bench-comm p$(printf '%03d' "$n"): job $id"
+    done
+fi
 
 deps=$(IFS=:; echo "${run_ids[*]}")
 collect=(--parsable --dependency="afterok:$deps" --kill-on-invalid-dep=yes

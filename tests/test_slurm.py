@@ -293,10 +293,10 @@ def test_strong_scaling_sweep_with_collector_job(cluster):
     sweep = cluster.workdir / "sweep"
     proc = cluster.run(_sbatch_script("submit_scaling.sh"), "--mode", "strong", "--ranks", "1,2",
                        "--rows", 20000, "--features", 8, "--iters", 20, "--repeat", 2,
-                       "--out", sweep, "--wait", check=False, timeout=180)
+                       "--bench-comm", "--out", sweep, "--wait", check=False, timeout=180)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    ids = dict(re.findall(r"^(run p\d+|collect): job (\d+)", proc.stdout, re.M))
-    assert set(ids) == {"run p001", "run p002", "collect"}, proc.stdout
+    ids = dict(re.findall(r"^(run p\d+|bench-comm p\d+|collect): job (\d+)", proc.stdout, re.M))
+    assert set(ids) == {"run p001", "run p002", "bench-comm p001", "bench-comm p002", "collect"}, proc.stdout
 
     for name in ("scaling.csv", "scaling.json", "scaling.txt", "speedup.png", "efficiency.png"):
         assert (sweep / name).stat().st_size > 0, name
@@ -304,13 +304,16 @@ def test_strong_scaling_sweep_with_collector_job(cluster):
     points = {p["ranks"]: p for p in report["series"][0]["points"]}
     assert report["series"][0]["kind"] == "strong" and sorted(points) == [1, 2]
     assert all(p["repeats"] == 2 for p in points.values()), points
+    # The bench-comm jobs fitted both rank counts, so every point has a prediction.
+    assert sorted(json.loads((sweep / "comm_model.json").read_text())["fits"]) == ["1", "2"]
+    assert all(p["predicted_s"] > 0 for p in points.values()), points
     for n in (1, 2):  # each repeat is one array task with its own run directory
         results = sorted((sweep / f"p{n:03d}").glob("*/result.json"))
         assert [json.loads(r.read_text())["ranks"] for r in results] == [n, n], results
 
     jobs = cluster.jobs()
-    runs = [j for j in jobs if j["JobName"].startswith("mpigd-strong-p")]
-    assert len(runs) == 4 and all(j["State"] == "COMPLETED" for j in runs), runs
+    runs = [j for j in jobs if j["JobName"].startswith(("mpigd-strong-p", "mpigd-bench-p"))]
+    assert len(runs) == 6 and all(j["State"] == "COMPLETED" for j in runs), runs
     collect = cluster.job(ids["collect"])
     assert collect["State"] == "COMPLETED" and collect["ExitCode"] == "0:0"
     assert collect["Start"] >= max(j["End"] for j in runs), (collect, runs)  # ISO times sort
