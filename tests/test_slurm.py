@@ -317,3 +317,16 @@ def test_strong_scaling_sweep_with_collector_job(cluster):
     collect = cluster.job(ids["collect"])
     assert collect["State"] == "COMPLETED" and collect["ExitCode"] == "0:0"
     assert collect["Start"] >= max(j["End"] for j in runs), (collect, runs)  # ISO times sort
+
+
+def test_a_failed_run_cancels_the_collector_and_fails_the_sweep(cluster):
+    sweep = cluster.workdir / "failed-sweep"
+    proc = cluster.run(_sbatch_script("submit_scaling.sh"), "--ranks", "1,2", "--rows", 2000,
+                       "--features", 4, "--iters", 5, "--train-args", "--lr -1", "--out", sweep,
+                       "--wait", check=False)
+    assert proc.returncode == 1, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    collect = re.search(r"^collect: job (\d+)", proc.stdout, re.M).group(1)
+    assert f"the collector job {collect} ended CANCELLED" in proc.stderr, proc.stderr
+    assert cluster.job(collect)["State"] == "CANCELLED" and not (sweep / "scaling.csv").exists()
+    logs = sorted((sweep / "logs").glob("p*.out"))
+    assert len(logs) == 2 and all("mpigd: error: --lr must be > 0" in p.read_text() for p in logs)
