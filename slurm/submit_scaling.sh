@@ -6,7 +6,7 @@
 #   slurm/submit_scaling.sh --mode strong --ranks 1,2,4,8 --rows 2000000 --features 100 \
 #       --iters 100 --repeat 3 --tasks-per-node 32 --sbatch "--partition=compute --exclusive"
 #
-# Prints the job ids; with --wait it waits for the collector and exits with its status.
+# Prints the job ids; with --wait it waits for the collector: exit 0 only if it completed.
 # Runs land in OUT/pNNN/<job id> (arrays: <array job id>_<repeat>), logs in OUT/logs.
 set -euo pipefail
 
@@ -25,13 +25,15 @@ usage: $0 [options]
   --out DIR              sweep directory [runs/scale-slurm-<date>]
   --sbatch "OPTIONS"     more sbatch options for every job, e.g. "--partition=p --account=a --exclusive"
   --train-args "ARGS"    more trainer options for every run, e.g. "--dtype float32"
-  --wait                 wait for the collector job; exit with its status
+  --bench-comm           also time the collectives per rank count (one job each, one after
+                         another: they share OUT/comm_model.json) for the model's prediction
+  --wait                 wait for the collector job; exit 0 only if it COMPLETED
 USAGE
 }
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 mode=strong ranks=1,2 rows=200000 features=32 seed=0 data="" iters=50 repeat=1
-per_node="" out="" sbatch_extra="" train_args="" wait=no
+per_node="" out="" sbatch_extra="" train_args="" wait=no bench=no
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --mode) mode=$2; shift 2 ;;
@@ -47,6 +49,7 @@ while [[ $# -gt 0 ]]; do
         --sbatch) sbatch_extra=$2; shift 2 ;;
         --train-args) train_args=$2; shift 2 ;;
         --wait) wait=yes; shift ;;
+        --bench-comm) bench=yes; shift ;;
         -h | --help) usage; exit 0 ;;
         *) echo "submit_scaling.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -91,7 +94,17 @@ data_for() {
     echo "$file"
 }
 
+# A refused submission (e.g. more tasks than a node has) cancels what was queued before
+# it: a sweep without its collector would only leave orphan jobs.
 run_ids=()
+submit() {
+    local id
+    if ! id=$(sbatch --parsable "$@"); then
+        (( ${#run_ids[@]} )) && scancel "${run_ids[@]}" && echo "cancelled jobs ${run_ids[*]}" >&2
+        fail "sbatch refused a job of the sweep (its message is above)"
+    fi
+    echo "${id%%;*}"  # "id;cluster" on multi-cluster sites
+}
 IFS=, read -r -a counts <<< "$ranks"
 for n in "${counts[@]}"; do
     file=$(data_for "$n")
@@ -105,26 +118,51 @@ for n in "${counts[@]}"; do
     else
         layout+=(--output="$out/logs/$name-%j.out")
     fi
-    id=$(MPIGD_RUNS="$out/$name" sbatch --parsable "${layout[@]}" "${extra[@]}" "$here/train.sbatch" \
+    id=$(MPIGD_RUNS="$out/$name" submit "${layout[@]}" "${extra[@]}" "$here/train.sbatch" \
          train --data "$file" --iters "$iters" --tol 0 --quiet "${train[@]}")
-    id=${id%%;*}  # "id;cluster" on multi-cluster sites
     run_ids+=("$id")
     echo "run $name: job $id ($n ranks on $nodes node(s), repeat $repeat)"
 done
 
+if [[ $bench == yes ]]; then
+    # The trainer's messages are d+1 doubles: time sizes from 8 B to a few times that.
+    largest=1024
+    while (( largest < 32 * (features + 1) )); do largest=$((largest * 2)); done
+    previous=""
+    for n in "${counts[@]}"; do
+        tasks=${per_node:-$n}
+        (( tasks > n )) && tasks=$n
+        name=$(printf 'bench-p%03d' "$n")
+        # afterany: one at a time, since each merges its fit into the same comm_model.json.
+        id=$(submit --ntasks="$n" --nodes=$(( (n + tasks - 1) / tasks )) \
+             --ntasks-per-node="$tasks" --job-name="mpigd-$name" --output="$out/logs/$name-%j.out" \
+             ${previous:+--dependency=afterany:$previous} "${extra[@]}" "$here/train.sbatch" \
+             bench-comm --max-size "$largest" --out "$out/comm_model.json" --quiet)
+        previous=$id
+        run_ids+=("$id")
+        echo "bench-comm p$(printf '%03d' "$n"): job $id"
+    done
+fi
+
 deps=$(IFS=:; echo "${run_ids[*]}")
-collect=(--parsable --dependency="afterok:$deps" --kill-on-invalid-dep=yes
+collect=(--dependency="afterok:$deps" --kill-on-invalid-dep=yes
          --output="$out/logs/collect-%j.out" "${extra[@]}" "$here/collect.sbatch"
          "$out" --kind "$mode" --plots)
+id=$(submit "${collect[@]}")
+echo "collect: job $id (after $deps) -> $out/scaling.csv, $out/*.png"
 if [[ $wait == no ]]; then
-    id=$(sbatch "${collect[@]}")
-    echo "collect: job ${id%%;*} (after $deps) -> $out/scaling.csv, $out/*.png"
     echo "watch:   squeue -u \$USER    then: cat $out/scaling.txt"
     exit 0
 fi
-# sbatch --wait prints the id at once, then returns the job's exit status when it ends.
-status=0
-sbatch --wait "${collect[@]}" | { read -r id; echo "collect: job ${id%%;*} (after $deps) -> $out; waiting"; cat; } \
-    || status=${PIPESTATUS[0]}
-[[ $status == 0 ]] && echo "done: $out/scaling.csv" || echo "collect job failed (status $status): see $out/logs" >&2
-exit "$status"
+# Not `sbatch --wait`: it returns 0 for a collector cancelled because a run failed.
+while squeue -h -j "$id" -o %i 2> /dev/null | grep -q .; do sleep 2; done
+state=$(scontrol show job "$id" -o 2> /dev/null | grep -o 'JobState=[A-Z_]*' | cut -d= -f2 || true)
+if [[ -z $state ]]; then  # scontrol forgets a job MinJobAge (300 s) after its end
+    state=$(sacct -n -X -j "$id" -o State 2> /dev/null | head -1 | tr -d ' ' || true)
+fi
+if [[ $state != COMPLETED ]]; then
+    echo "submit_scaling.sh: the collector job $id ended ${state:-in an unknown state}" \
+         "(a run failed? see $out/logs and: sacct -j ${deps//:/,},$id)" >&2
+    exit 1
+fi
+echo "done: $(cat "$out/scaling.txt" 2> /dev/null | head -1)"

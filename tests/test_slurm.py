@@ -255,8 +255,9 @@ def test_a_failing_run_fails_the_job_with_one_clear_error(cluster):
 
 def test_sigterm_before_the_time_limit_checkpoints_and_resumes(cluster, data):
     long_run = ("--data", data, "--iters", 1_000_000, "--tol", 0)
-    # Slurm's own warning: --time=1 with --signal=TERM@55 signals the ranks 5..60 s in.
-    timed, _ = cluster.sbatch("--time=1", "--signal=TERM@55", _sbatch_script("train.sbatch"),
+    # Slurm's own warning: --time=1 with --signal=TERM@45 signals the ranks 15..45 s in
+    # (it checks limits every ~30 s); 15 s leaves time to start Python on a loaded machine.
+    timed, _ = cluster.sbatch("--time=1", "--signal=TERM@45", _sbatch_script("train.sbatch"),
                               *long_run, wait=False)
     # And by hand, as a user would to stop a run now and keep it resumable.
     cancelled, _ = cluster.sbatch(_sbatch_script("train.sbatch"), *long_run, wait=False)
@@ -292,10 +293,10 @@ def test_strong_scaling_sweep_with_collector_job(cluster):
     sweep = cluster.workdir / "sweep"
     proc = cluster.run(_sbatch_script("submit_scaling.sh"), "--mode", "strong", "--ranks", "1,2",
                        "--rows", 20000, "--features", 8, "--iters", 20, "--repeat", 2,
-                       "--out", sweep, "--wait", check=False, timeout=180)
+                       "--bench-comm", "--out", sweep, "--wait", check=False, timeout=180)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    ids = dict(re.findall(r"^(run p\d+|collect): job (\d+)", proc.stdout, re.M))
-    assert set(ids) == {"run p001", "run p002", "collect"}, proc.stdout
+    ids = dict(re.findall(r"^(run p\d+|bench-comm p\d+|collect): job (\d+)", proc.stdout, re.M))
+    assert set(ids) == {"run p001", "run p002", "bench-comm p001", "bench-comm p002", "collect"}, proc.stdout
 
     for name in ("scaling.csv", "scaling.json", "scaling.txt", "speedup.png", "efficiency.png"):
         assert (sweep / name).stat().st_size > 0, name
@@ -303,13 +304,29 @@ def test_strong_scaling_sweep_with_collector_job(cluster):
     points = {p["ranks"]: p for p in report["series"][0]["points"]}
     assert report["series"][0]["kind"] == "strong" and sorted(points) == [1, 2]
     assert all(p["repeats"] == 2 for p in points.values()), points
+    # The bench-comm jobs fitted both rank counts, so every point has a prediction.
+    assert sorted(json.loads((sweep / "comm_model.json").read_text())["fits"]) == ["1", "2"]
+    assert all(p["predicted_s"] > 0 for p in points.values()), points
     for n in (1, 2):  # each repeat is one array task with its own run directory
         results = sorted((sweep / f"p{n:03d}").glob("*/result.json"))
         assert [json.loads(r.read_text())["ranks"] for r in results] == [n, n], results
 
     jobs = cluster.jobs()
-    runs = [j for j in jobs if j["JobName"].startswith("mpigd-strong-p")]
-    assert len(runs) == 4 and all(j["State"] == "COMPLETED" for j in runs), runs
+    runs = [j for j in jobs if j["JobName"].startswith(("mpigd-strong-p", "mpigd-bench-p"))]
+    assert len(runs) == 6 and all(j["State"] == "COMPLETED" for j in runs), runs
     collect = cluster.job(ids["collect"])
     assert collect["State"] == "COMPLETED" and collect["ExitCode"] == "0:0"
     assert collect["Start"] >= max(j["End"] for j in runs), (collect, runs)  # ISO times sort
+
+
+def test_a_failed_run_cancels_the_collector_and_fails_the_sweep(cluster):
+    sweep = cluster.workdir / "failed-sweep"
+    proc = cluster.run(_sbatch_script("submit_scaling.sh"), "--ranks", "1,2", "--rows", 2000,
+                       "--features", 4, "--iters", 5, "--train-args", "--lr -1", "--out", sweep,
+                       "--wait", check=False)
+    assert proc.returncode == 1, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    collect = re.search(r"^collect: job (\d+)", proc.stdout, re.M).group(1)
+    assert f"the collector job {collect} ended CANCELLED" in proc.stderr, proc.stderr
+    assert cluster.job(collect)["State"] == "CANCELLED" and not (sweep / "scaling.csv").exists()
+    logs = sorted((sweep / "logs").glob("p*.out"))
+    assert len(logs) == 2 and all("mpigd: error: --lr must be > 0" in p.read_text() for p in logs)
