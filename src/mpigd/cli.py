@@ -10,7 +10,7 @@ import sys
 from . import __version__
 from .errors import MpigdError, launcher_rank
 
-COMMANDS = ("train", "generate", "scale", "scale-report", "bench-comm", "plot")
+COMMANDS = ("train", "generate", "scale", "scale-report", "bench-comm", "plot", "bench")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -193,6 +193,32 @@ def _plot_parser(sub):
     return p
 
 
+def _bench_parser(sub):
+    p = sub.add_parser(
+        "bench", help="per-iteration cost vs the hardware floor: kernels, comm, clocks, memory, start-up",
+        description="Measure, from one run, the read-bandwidth floor and the gradient kernels' % "
+        "of it, bare Bcast+Reduce vs the trainer's communication, the clocks' overhead, peak "
+        "RSS vs shard bytes, start-up of a tiny 2-rank run, and the 2-rank speedup vs the "
+        "two-process bandwidth ceiling (docs/benchmarks.md). Run it without mpirun (it "
+        "launches its MPI parts), or under `mpirun -n M` for the kernels and comm on M ranks.",
+    )
+    p.add_argument("--rows-mb", type=float, default=800.0, metavar="MB", help="shard size per rank [800]")
+    p.add_argument("--features", default="10,100,1000", metavar="LIST", help="feature counts [10,100,1000]")
+    p.add_argument("--dtype", default="float64,float32", metavar="LIST",
+                   help="dtypes of the kernel cases [float64,float32]")
+    p.add_argument("--repeat", type=int, default=5, metavar="R", help="repetitions; medians are shown [5]")
+    p.add_argument("--comm-iters", type=int, default=2000, metavar="K",
+                   help="iterations per communication measurement [2000]")
+    p.add_argument("--train-iters", type=int, default=50, metavar="K",
+                   help="iterations of each trainer run (scaling, memory) [50]")
+    p.add_argument("--no-runs", action="store_true",
+                   help="skip the parts that launch runs (comm without mpirun, memory, start-up, scaling)")
+    p.add_argument("--work-dir", metavar="DIR", help="where the runs' data and outputs go [a temporary dir]")
+    p.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
+    p.add_argument("--part", choices=("all", "comm"), default="all", help=argparse.SUPPRESS)
+    return p
+
+
 def build_parser():
     parser = _Parser(
         prog="mpigd", description="Data-parallel gradient descent on MPI, instrumented.",
@@ -206,6 +232,7 @@ def build_parser():
     _scale_report_parser(sub)
     _bench_comm_parser(sub)
     _plot_parser(sub)
+    _bench_parser(sub)
     return parser
 
 
@@ -227,6 +254,8 @@ def main(argv=None):
         return scaling.command(args)
     if args.command == "bench-comm":
         return _bench_comm(args)
+    if args.command == "bench":
+        return _bench(args)
     return _train(vars(args))
 
 
@@ -263,6 +292,28 @@ def _bench_comm(args):
     commbench.run(MPI.COMM_WORLD, args.out, collectives, sizes, args.iters, args.iters_large,
                   args.warmup, args.warmup_large, quiet=args.quiet)
     return 0
+
+
+def _bench(args):
+    def numbers(text, kind, name):
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            values = []
+        if not values:
+            raise MpigdError(f"--{name} must be a comma-separated list; got {text!r}")
+        return values
+
+    args.features = numbers(args.features, int, "features")
+    args.dtype = numbers(args.dtype, str, "dtype")
+    if min(args.features) < 1 or args.rows_mb <= 0 or args.repeat < 1 or args.comm_iters < 1 \
+            or args.train_iters < 1:
+        raise MpigdError("--features, --rows-mb, --repeat, --comm-iters and --train-iters must be positive")
+    if set(args.dtype) - {"float64", "float32"}:
+        raise MpigdError(f"--dtype takes float64 and/or float32; got {','.join(args.dtype)}")
+    from . import bench
+
+    return bench.command(args)
 
 
 def _train(options):

@@ -5,19 +5,54 @@
 The naive `X.T @ (X @ w - y)` streams X from memory twice. Here X is walked in row
 blocks small enough to stay in cache between the two products, so each pass reads X
 from memory about once. All scratch space is allocated once, in the constructor.
+
+With numba installed (`pip install '.[fast]'`) a fused one-pass kernel (fused.py) does
+the same work faster; MPIGD_KERNEL=blas|numba|auto chooses (see `choose_kernel`).
 """
 
+import os
+import time
+
 import numpy as np
+
+from .errors import MpigdError
 
 # A block of rows should fit in a core's L2 cache together with its residual; measured
 # on this machine's 1e6 x 100 float64 shard, 128-512 KB blocks were all within 5 %.
 BLOCK_BYTES = 256 << 10
 
+KERNELS = ("auto", "blas", "numba")
+# `auto` takes numba only for shards at least this big: below, importing numba and loading
+# its cached code (~0.6 s, ~2 s when it must compile) costs more than it saves over a
+# typical run (docs/benchmarks.md has the measurement).
+NUMBA_MIN_BYTES = 256 << 20
+
+
+def numba_available():
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_kernel(nbytes, requested=None):
+    """'blas' or 'numba' for a shard of `nbytes`, as MPIGD_KERNEL (or `requested`) asks."""
+    requested = (requested or os.environ.get("MPIGD_KERNEL") or "auto").strip().lower()
+    if requested not in KERNELS:
+        raise MpigdError(f"MPIGD_KERNEL must be one of {', '.join(KERNELS)}; got {requested!r}")
+    if requested == "numba" and not numba_available():
+        raise MpigdError("MPIGD_KERNEL=numba but numba is not installed; "
+                         "`pip install '.[fast]'` (or numba), or use MPIGD_KERNEL=blas")
+    if requested == "auto":
+        return "numba" if nbytes >= NUMBA_MIN_BYTES and numba_available() else "blas"
+    return requested
+
 
 class LeastSquaresShard:
     """One rank's rows and the scratch buffers to compute on them without allocating."""
 
-    def __init__(self, X, y, block_bytes=BLOCK_BYTES):
+    def __init__(self, X, y, block_bytes=BLOCK_BYTES, kernel=None):
         if X.ndim != 2 or y.shape != (X.shape[0],) or X.dtype != y.dtype:
             raise ValueError("X must be (n, d) and y (n,) of the same dtype")
         self.X, self.y = X, y
@@ -26,6 +61,17 @@ class LeastSquaresShard:
         self._w = np.empty(features, dtype=X.dtype)          # w in the compute dtype
         self._r = np.empty(self.block, dtype=X.dtype)        # residual of one block
         self._g_block = np.empty(features, dtype=X.dtype)    # X_b^T r_b of one block
+        # The kernel, and what choosing it cost (numba: import + compile or cache load),
+        # paid here so that the first iteration is not charged for it.
+        started = time.perf_counter()
+        self.kernel = choose_kernel(X.nbytes, kernel)
+        self._fused = None
+        if self.kernel == "numba":
+            from . import fused
+
+            fused.warm_up(X.dtype, X.flags.c_contiguous)
+            self._fused = fused.gradient_pass
+        self.setup_s = time.perf_counter() - started
 
     @property
     def rows(self):
@@ -42,6 +88,8 @@ class LeastSquaresShard:
     def _pass(self, w, out, y):
         X, r, g_block = self.X, self._r, self._g_block
         np.copyto(self._w, w, casting="same_kind")
+        if self._fused is not None:
+            return self._fused(X, y, self._w, g_block, out)
         out[:] = 0.0
         loss = 0.0
         for lo in range(0, self.rows, self.block):

@@ -28,9 +28,12 @@ DEFAULT_ROWS, DEFAULT_FEATURES, DEFAULT_SEED, DEFAULT_NOISE = 200_000, 32, 0, 0.
 DEFAULT_DATA = os.path.join(
     "runs", "default-data", f"synthetic-{DEFAULT_ROWS}x{DEFAULT_FEATURES}-seed{DEFAULT_SEED}.h5"
 )
+# SLURM_TASKS_PER_NODE is always set ("2(x3),1"); SLURM_NTASKS_PER_NODE only when requested.
 SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_JOB_NAME", "SLURM_JOB_NODELIST", "SLURM_NNODES",
-                   "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_CPUS_PER_TASK",
-                   "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_CLUSTER_NAME")
+                   "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_TASKS_PER_NODE",
+                   "SLURM_CPUS_PER_TASK", "SLURM_STEP_ID", "SLURM_JOB_PARTITION",
+                   "SLURM_JOB_ACCOUNT", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
+                   "SLURM_CLUSTER_NAME")
 _HOST_BYTES = 64
 _OK, _DIVERGED, _TERMINATED = 0, 1, 2
 _blas_limits = None  # keeps threadpoolctl's limit alive for the whole run
@@ -233,10 +236,13 @@ def _train(config, comm, run_dir, resume, straggle_s, stop):
         with agreed(comm, "saving the checkpoint after SIGTERM"):
             if root:
                 checkpoint.save(run_dir, snapshot(rules.last, trajectory.w))
+        # In a Slurm job the next step is a new job: `sbatch slurm/train.sbatch --resume DIR`.
+        again = (f"a new job running `srun -n {size} python -m mpigd --resume {run_dir}` (e.g. "
+                 f"`sbatch slurm/train.sbatch --resume {run_dir}`)" if "SLURM_JOB_ID" in os.environ
+                 else f"`mpirun -n {size} python -m mpigd --resume {run_dir}`")
         raise Terminated(
             f"received SIGTERM: stopped cleanly at iteration {rules.last if root else '?'}; "
-            f"checkpoint saved to {run_dir}/{checkpoint.FILE}; continue with "
-            f"`mpirun -n {size} python -m mpigd --resume {run_dir}`")
+            f"checkpoint saved to {run_dir}/{checkpoint.FILE}; continue with {again}")
 
     facts = np.array([hi - lo, lo, hi, load_s, _peak_rss_bytes(), os.cpu_count() or 0],
                      dtype=np.float64)
@@ -250,6 +256,7 @@ def _train(config, comm, run_dir, resume, straggle_s, stop):
             result = _result(config, info, X.dtype, data_path, run_dir, trajectory, seconds,
                              all_facts, hosts, lr, lmax, power_steps, threads, started)
             result["resumed_from"] = resume.iteration if resume is not None else None
+            result["kernel"] = {"name": shard.kernel, "setup_s": shard.setup_s}  # rank 0's
             result["checkpoints"] = {"every": config.checkpoint_every, **saved}
             w, intercept = transform.original_weights(trajectory.w)
             result["preprocessing"] = {

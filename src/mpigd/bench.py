@@ -1,0 +1,356 @@
+"""`python -m mpigd bench`: how close one iteration comes to what the hardware forces.
+
+From one run it measures, next to each other, and prints one table (or --json):
+  kernels      read probe (X @ w) = the floor; blocked BLAS and the fused numba kernel as
+               % of that floor, per feature count and dtype (medians of --repeat)
+  comm         bare Bcast+Reduce of the trainer's buffers vs the real solver loop
+               (solver.gradient_descent on a tiny shard, so only communication is left)
+  clocks       the instrumentation's own cost per iteration, vs an iteration at 1e6 x 100
+  memory       peak RSS per rank of real trainer runs vs their shard bytes
+  start-up     wall time of a tiny 10-iteration 2-rank run, end to end (mpirun included)
+  scaling      2-rank speedup of the trainer vs the two-process read-bandwidth ceiling
+
+Run without mpirun, it launches the MPI parts itself (mpirun -n 2). Under `mpirun -n M`
+every rank measures its kernels at once (so the table shows the kernels under M-way
+memory contention) and the comm part uses those M ranks; the parts that start runs of
+their own (memory, start-up, scaling) are skipped there.
+"""
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from . import probe
+from .objective import LeastSquaresShard, numba_available
+
+RSS_FACTOR, RSS_EXTRA_MB = 1.15, 150      # issue 3: peak RSS <= 1.15 x shard + 150 MB
+TARGETS = {"kernel_pct": 90.0, "comm_ratio": 1.15, "clock_pct": 1.0, "startup_s": 1.5,
+           "speedup_of_ceiling_pct": 90.0}
+REFERENCE_ROWS, REFERENCE_FEATURES = 1_000_000, 100    # "an iteration at 1e6 x 100"
+
+
+# ---------------------------------------------------------------- kernels vs read floor
+
+def kernel_case(comm, rows_bytes, features, dtype, repeat):
+    """Probe and kernels on a fresh random shard of ~rows_bytes (every rank at once)."""
+    dtype = np.dtype(dtype)
+    rows = max(4, rows_bytes // (features * dtype.itemsize))
+    X = probe.fill_random(np.empty((rows, features), dtype=dtype), seed=comm.rank)
+    y = probe.fill_random(np.empty(rows, dtype=dtype), seed=comm.rank + 1000)
+    w = np.full(features, 0.01)
+    g = np.empty(features)
+    case = {"features": features, "dtype": dtype.name, "rows": rows, "bytes": X.nbytes}
+    comm.Barrier()
+    case["probe_s"] = probe.read_seconds(X, repeat)
+    case["probe_gb_s"] = X.nbytes / case["probe_s"] / 1e9
+    for name in ("blas", "numba"):
+        if name == "numba" and not numba_available():
+            case[name] = None
+            continue
+        shard = LeastSquaresShard(X, y, kernel=name)
+        comm.Barrier()
+        seconds = probe.median_seconds(lambda s=shard: s.gradient(w, g), repeat)
+        case[name] = {"seconds": seconds, "pct_of_floor": 100.0 * case["probe_s"] / seconds,
+                      "setup_s": shard.setup_s}
+    del X, y
+    return case
+
+
+# ---------------------------------------------------------------- communication
+
+def comm_case(comm, features, iterations, repeat):
+    """Median per-iteration seconds on rank 0: bare Bcast+Reduce vs the real solver loop."""
+    from mpi4py import MPI
+
+    from .solver import StopRules, gradient_descent
+    from .timing import BCAST, REDUCE, SYNC
+
+    d = features
+    wbuf, packed = np.zeros(d + 1), np.zeros(d + 2)
+    total = np.zeros(d + 2) if comm.rank == 0 else None
+    per_iteration = np.empty(iterations, dtype=np.int64)
+    now = time.perf_counter_ns
+
+    def bare():
+        comm.Barrier()
+        for i in range(iterations):
+            t0 = now()
+            comm.Bcast(wbuf, root=0)
+            comm.Reduce(packed, total, op=MPI.SUM, root=0)
+            per_iteration[i] = now() - t0
+        return float(np.median(per_iteration)) * 1e-9
+
+    # The trainer's own loop on 8 rows per rank: compute is a few microseconds, so what
+    # is left per iteration is its communication (and its Barrier, counted as sync).
+    rng = np.random.default_rng(comm.rank)
+    shard = LeastSquaresShard(rng.standard_normal((8, d)), rng.standard_normal(8), kernel="blas")
+
+    def trainer():
+        rules = StopRules(iterations, tol=0.0)
+        run = gradient_descent(comm, shard, np.zeros(d), 0.0, rules)  # lr 0: w never changes
+        table = run.clock.table[: run.clock.rows, :]
+        comm_ns = table[:, BCAST] + table[:, REDUCE]
+        return float(np.median(comm_ns)) * 1e-9, float(np.median(comm_ns + table[:, SYNC])) * 1e-9
+
+    bare(), trainer()  # warm-up: connections and buffers set up
+    bares, comms, syncs = [], [], []
+    for _ in range(repeat):
+        bares.append(bare())
+        c, s = trainer()
+        comms.append(c)
+        syncs.append(s)
+    b, c, s = statistics.median(bares), statistics.median(comms), statistics.median(syncs)
+    return {"ranks": comm.size, "features": d, "iterations": iterations, "bare_s": b,
+            "trainer_comm_s": c, "trainer_comm_sync_s": s, "ratio": c / b, "ratio_with_sync": s / b}
+
+
+# ---------------------------------------------------------------- instrumentation
+
+def clock_cost_s(comm, iterations=100_000):
+    """Seconds per iteration of exactly what the solver adds to time one iteration.
+
+    Six perf_counter_ns calls and one PhaseClock.record, against the same loop without
+    them: the difference is what the clocks cost (clocks on vs off).
+    """
+    from .timing import PhaseClock
+
+    class _NoComm:
+        def Barrier(self):
+            pass
+
+    clock = PhaseClock(iterations, _NoComm())
+    now = time.perf_counter_ns
+
+    def on():
+        for _ in range(iterations):
+            t0 = now()
+            t1 = now()
+            t2 = now()
+            t3 = now()
+            t4 = now()
+            t5 = now()
+            clock.record(t0, t2 - t1, t1 - t0, t4 - t3, t5 - t4, t3 - t2)
+        clock.rows = 0
+
+    def off():
+        for _ in range(iterations):
+            pass
+
+    return max(0.0, (probe.median_seconds(on, 5) - probe.median_seconds(off, 5)) / iterations)
+
+
+# ---------------------------------------------------------------- runs of the trainer
+
+def _mpirun(ranks, *args, timeout):
+    from .launch import mpi_command
+
+    started = time.perf_counter()
+    proc = subprocess.run(mpi_command(ranks, *args), capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"`mpirun -n {ranks} python -m mpigd {' '.join(map(str, args))}` failed "
+                           f"({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc, seconds
+
+
+def _train(ranks, data, out, iters, timeout):
+    _mpirun(ranks, "--data", data, "--iters", iters, "--tol", 0, "--lr", "1e-9", "--quiet",
+            "--threads", 1, "--out", out, "--force", timeout=timeout)
+    with open(os.path.join(out, "result.json")) as handle:
+        return json.load(handle)
+
+
+def trainer_runs(work, rows_bytes, features, iters, repeat, timeout):
+    """1- and 2-rank trainer runs on the same data: speedup, and peak RSS vs shard bytes."""
+    from .synthetic import generate
+
+    rows = max(8, rows_bytes // (features * 8))
+    data = os.path.join(work, f"bench-{rows}x{features}.h5")
+    generate(data, rows, features)
+    per_ranks = {}
+    for ranks in (1, 2):
+        results = [_train(ranks, data, os.path.join(work, f"run-{ranks}"), iters, timeout)
+                   for _ in range(repeat)]
+        s_per_iter = statistics.median(r["s_per_iter"] for r in results)
+        worst = max((r for r in results), key=lambda r: max(p["peak_rss_mb"] for p in r["per_rank"]))
+        memory = []
+        for p in worst["per_rank"]:
+            shard_mb = p["rows"] * (features + 1) * 8 / 2**20
+            limit_mb = RSS_FACTOR * shard_mb + RSS_EXTRA_MB
+            memory.append({"rank": p["rank"], "shard_mb": shard_mb, "peak_rss_mb": p["peak_rss_mb"],
+                           "rss_over_shard": p["peak_rss_mb"] / shard_mb, "limit_mb": limit_mb,
+                           "within_limit": p["peak_rss_mb"] <= limit_mb})
+        per_ranks[ranks] = {"s_per_iter": s_per_iter, "kernel": results[0].get("kernel"),
+                            "memory": memory}
+    os.remove(data)
+    return rows, per_ranks
+
+
+def startup_runs(work, repeat, timeout):
+    """Median wall seconds of `mpirun -n 2 python -m mpigd` on a tiny problem, 10 iterations."""
+    from .synthetic import generate
+
+    data = os.path.join(work, "tiny.h5")
+    generate(data, 1000, 10)
+    args = ("--data", data, "--iters", 10, "--tol", 0, "--quiet", "--out", os.path.join(work, "tiny"),
+            "--force")
+    _mpirun(2, *args, timeout=timeout)  # warm: page cache, .pyc files
+    return statistics.median(_mpirun(2, *args, timeout=timeout)[1] for _ in range(repeat))
+
+
+# ---------------------------------------------------------------- the command
+
+def run(comm, rows_mb, features, dtypes, repeat, comm_iters=2000, train_iters=50,
+        skip_runs=False, timeout=900, work_dir=None):
+    """Collective. Returns the results dict on rank 0 (None elsewhere)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")  # one core per rank, like the trainer
+    rows_bytes = int(rows_mb * 2**20)
+    result = {"ranks": comm.size, "rows_mb": rows_mb, "repeat": repeat, "cpus": os.cpu_count(),
+              "kernel_env": os.environ.get("MPIGD_KERNEL", "auto"), "numba": numba_available(),
+              "kernels": [kernel_case(comm, rows_bytes, d, t, repeat) for t in dtypes for d in features]}
+    result["clock_s"] = clock_cost_s(comm)
+    reference = [c for c in result["kernels"] if c["features"] == REFERENCE_FEATURES
+                 and c["dtype"] == "float64"]
+    if reference:  # the trainer's iteration at 1e6 x 100: its best kernel, scaled to 1e6 rows
+        c = reference[0]
+        best = min(k["seconds"] for k in (c["blas"], c["numba"]) if k)
+        result["reference_iteration_s"] = best * REFERENCE_ROWS / c["rows"]
+        result["clock_pct"] = 100.0 * result["clock_s"] / result["reference_iteration_s"]
+    comm_features = REFERENCE_FEATURES if REFERENCE_FEATURES in features else features[0]
+    if comm.size > 1:
+        result["comm"] = comm_case(comm, comm_features, comm_iters, repeat)
+    elif not skip_runs:
+        result["comm"] = _comm_subprocess(comm_features, comm_iters, repeat, timeout)
+    if comm.size == 1 and not skip_runs:
+        work = work_dir or tempfile.mkdtemp(prefix="mpigd-bench-")
+        os.makedirs(work, exist_ok=True)
+        try:
+            ceiling_bytes = rows_bytes // 2  # what each rank reads in the 2-rank run
+            one, _ = probe.concurrent_bandwidth(1, ceiling_bytes, REFERENCE_FEATURES, repeat=repeat)
+            two, each = probe.concurrent_bandwidth(2, ceiling_bytes, REFERENCE_FEATURES, repeat=repeat)
+            rows, runs = trainer_runs(work, rows_bytes, REFERENCE_FEATURES, train_iters, repeat, timeout)
+            speedup = runs[1]["s_per_iter"] / runs[2]["s_per_iter"]
+            result["scaling"] = {"rows": rows, "features": REFERENCE_FEATURES,
+                                 "s_per_iter_1": runs[1]["s_per_iter"], "s_per_iter_2": runs[2]["s_per_iter"],
+                                 "speedup": speedup, "bandwidth_1_gb_s": one, "bandwidth_2_gb_s": two,
+                                 "bandwidth_2_each_gb_s": each, "ceiling": two / one,
+                                 "pct_of_ceiling": 100.0 * speedup / (two / one),
+                                 "kernel": runs[2]["kernel"]}
+            result["memory"] = {"runs": {str(k): v["memory"] for k, v in runs.items()},
+                                "factor": RSS_FACTOR, "extra_mb": RSS_EXTRA_MB}
+            result["startup_s"] = startup_runs(work, repeat, timeout)
+        finally:
+            if work_dir is None:
+                shutil.rmtree(work, ignore_errors=True)
+    return result if comm.rank == 0 else None
+
+
+def _comm_subprocess(features, iterations, repeat, timeout):
+    """The comm part on 2 ranks, for a bench started without mpirun."""
+    proc, _ = _mpirun(2, "bench", "--part", "comm", "--features", features, "--comm-iters",
+                      iterations, "--repeat", repeat, "--json", timeout=timeout)
+    return json.loads(proc.stdout)["comm"]
+
+
+def run_comm_only(comm, features, iterations, repeat):
+    result = {"ranks": comm.size, "comm": comm_case(comm, features, iterations, repeat)}
+    return result if comm.rank == 0 else None
+
+
+# ---------------------------------------------------------------- the table
+
+def _ok(flag):
+    return "yes" if flag else "NO"
+
+
+def table(result):
+    """One human-readable table of everything measured."""
+    lines = [f"mpigd bench: {result['ranks']} rank(s) measuring at once, {result['cpus']} CPUs, "
+             f"shard ~{result['rows_mb']:g} MB, medians of {result['repeat']}, "
+             f"numba {'installed' if result['numba'] else 'not installed'}", ""]
+    row = "{:<34} {:>14} {:>14} {:>9} {:>4}"
+    lines.append(row.format("measurement", "measured", "floor/ref", "ratio", "ok"))
+    lines.append("-" * 79)
+    for c in result["kernels"]:
+        what = f"{c['dtype']} d={c['features']} ({c['rows']} rows)"
+        lines.append(row.format(f"probe X@w {what}", f"{c['probe_s'] * 1e3:.1f} ms",
+                                f"{c['probe_gb_s']:.1f} GB/s", "", ""))
+        for name in ("blas", "numba"):
+            k = c[name]
+            if k is None:
+                lines.append(row.format(f"  kernel {name}", "not installed", "", "", ""))
+                continue
+            ok = k["pct_of_floor"] >= TARGETS["kernel_pct"] if c["features"] >= 100 else True
+            lines.append(row.format(f"  kernel {name}", f"{k['seconds'] * 1e3:.1f} ms",
+                                    f"{c['probe_s'] * 1e3:.1f} ms", f"{k['pct_of_floor']:.0f} %",
+                                    _ok(ok) if c["features"] >= 100 else "-"))
+    if "comm" in result:
+        m = result["comm"]
+        lines.append(row.format(f"bare Bcast+Reduce ({m['ranks']} ranks, d={m['features']})",
+                                f"{m['bare_s'] * 1e6:.1f} us", "", "", ""))
+        lines.append(row.format("  trainer bcast+reduce / iter", f"{m['trainer_comm_s'] * 1e6:.1f} us",
+                                f"{m['bare_s'] * 1e6:.1f} us", f"{m['ratio']:.2f} x",
+                                _ok(m["ratio"] <= TARGETS["comm_ratio"])))
+        lines.append(row.format("  trainer + its sync Barrier", f"{m['trainer_comm_sync_s'] * 1e6:.1f} us",
+                                f"{m['bare_s'] * 1e6:.1f} us", f"{m['ratio_with_sync']:.2f} x", "-"))
+    if "clock_pct" in result:
+        lines.append(row.format("clocks per iteration (on - off)", f"{result['clock_s'] * 1e9:.0f} ns",
+                                f"{result['reference_iteration_s'] * 1e3:.1f} ms",
+                                f"{result['clock_pct']:.4f} %",
+                                _ok(result["clock_pct"] < TARGETS["clock_pct"])))
+    if "memory" in result:
+        for ranks, entries in result["memory"]["runs"].items():
+            for e in entries:
+                lines.append(row.format(f"peak RSS, {ranks}-rank run, rank {e['rank']}",
+                                        f"{e['peak_rss_mb']:.0f} MB", f"{e['shard_mb']:.0f} MB shard",
+                                        f"{e['rss_over_shard']:.2f} x", _ok(e["within_limit"])))
+    if "startup_s" in result:
+        lines.append(row.format("start-up, tiny 2-rank 10-iter run", f"{result['startup_s']:.2f} s",
+                                f"{TARGETS['startup_s']} s", "",
+                                _ok(result["startup_s"] < TARGETS["startup_s"])))
+    if "scaling" in result:
+        s = result["scaling"]
+        lines.append(row.format("read bandwidth 1 / 2 processes", f"{s['bandwidth_1_gb_s']:.1f} GB/s",
+                                f"{s['bandwidth_2_gb_s']:.1f} GB/s", f"{s['ceiling']:.2f} x", ""))
+        lines.append(row.format("trainer s/iter 1 -> 2 ranks", f"{s['s_per_iter_1'] * 1e3:.1f} ms",
+                                f"{s['s_per_iter_2'] * 1e3:.1f} ms", f"{s['speedup']:.2f} x", ""))
+        lines.append(row.format("  speedup / bandwidth ceiling", f"{s['speedup']:.2f} x",
+                                f"{s['ceiling']:.2f} x", f"{s['pct_of_ceiling']:.0f} %",
+                                _ok(s["pct_of_ceiling"] >= TARGETS["speedup_of_ceiling_pct"])))
+    if result["ranks"] > 1:
+        lines.append("peak RSS, start-up, scaling: skipped under mpirun (run the bench without mpirun)")
+    lines.append("")
+    lines.append("targets: kernel >= 90 % of the read floor (d >= 100); trainer comm <= 1.15 x bare; "
+                 "clocks < 1 % of an iteration at 1e6 x 100; peak RSS <= 1.15 x shard + 150 MB; "
+                 "start-up < 1.5 s; speedup >= 90 % of the bandwidth ceiling")
+    return "\n".join(lines)
+
+
+def command(args):
+    """The `bench` subcommand (arguments already parsed and checked)."""
+    from mpi4py import MPI  # MPI starts only now: parsing errors never needed it
+
+    comm = MPI.COMM_WORLD
+    if args.part == "comm":
+        result = run_comm_only(comm, args.features[0], args.comm_iters, args.repeat)
+    else:
+        result = run(comm, args.rows_mb, args.features, args.dtype, args.repeat,
+                     comm_iters=args.comm_iters, train_iters=args.train_iters,
+                     skip_runs=args.no_runs, work_dir=args.work_dir)
+    if comm.rank == 0:
+        if args.json:
+            print(json.dumps(result, indent=1))
+        else:
+            print(table(result), flush=True)
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,92 @@
+"""Read-bandwidth probe: how fast one core streams a shard from memory, alone or with others.
+
+The floor of one iteration on one rank is reading its shard once. `X @ w` (one BLAS
+thread) reads X exactly once and does almost nothing else, so its time over the same
+shard IS that floor, and nbytes / time the bandwidth the kernel is judged against.
+
+Two ranks on a node share the memory system, so their ceiling for a memory-bound loop
+is not 2x: `concurrent_bandwidth` starts P plain processes (no MPI), lets each allocate
+and warm up its own array, releases them at once through their stdin, and sums what they
+read. `python -m mpigd.probe` is one such process.
+"""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def fill_random(X, seed=0):
+    """Fill X in place (no temporary of X's size), with values of X's dtype."""
+    rng = np.random.default_rng(seed)
+    flat = X.reshape(-1)
+    step = 1 << 22
+    for lo in range(0, flat.size, step):
+        part = flat[lo : lo + step]
+        rng.standard_normal(part.size, dtype=part.dtype, out=part)
+    return X
+
+
+def median_seconds(fn, repeat, warmup=1):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def read_seconds(X, repeat):
+    """Median seconds of `X @ w` over X (the read floor of one pass over X)."""
+    w = np.full(X.shape[1], 0.5, dtype=X.dtype)
+    out = np.empty(X.shape[0], dtype=X.dtype)
+    return median_seconds(lambda: np.dot(X, w, out=out), repeat)
+
+
+def _worker(nbytes, features, dtype, repeat):
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+    itemsize = np.dtype(dtype).itemsize
+    X = fill_random(np.empty((max(1, nbytes // (features * itemsize)), features), dtype=dtype))
+    read_seconds(X, 1)                                  # warm: pages touched, BLAS loaded
+    print("ready", flush=True)
+    sys.stdin.readline()                                # everyone starts together
+    seconds = read_seconds(X, repeat)
+    print(json.dumps({"seconds": seconds, "bytes": X.nbytes, "gb_s": X.nbytes / seconds / 1e9}),
+          flush=True)
+
+
+def concurrent_bandwidth(processes, nbytes, features=100, dtype="float64", repeat=5, timeout=600):
+    """Total GB/s of `processes` processes each streaming its own `nbytes` array at once."""
+    argv = [sys.executable, "-m", "mpigd.probe", str(nbytes), str(features), dtype, str(repeat)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(processes)]
+    try:
+        for proc in procs:
+            if proc.stdout.readline().strip() != "ready":
+                raise RuntimeError("a bandwidth probe process failed to start")
+        for proc in procs:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        results = []
+        for proc in procs:
+            out, _ = proc.communicate(timeout=timeout)
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return sum(r["gb_s"] for r in results), [r["gb_s"] for r in results]
+
+
+if __name__ == "__main__":
+    _worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))

@@ -1,0 +1,47 @@
+"""`python -m mpigd bench` end to end on tiny shards: it runs, alone and under mpirun, and
+its --json carries every measurement the table shows."""
+
+import json
+
+import pytest
+
+from conftest import mpirun, python_m
+
+TINY = ("--rows-mb", "2", "--features", "10,100", "--repeat", "1", "--comm-iters", "50",
+        "--train-iters", "3")
+
+
+def test_bench_alone_runs_everything_and_has_all_keys(tmp_path):
+    proc = python_m("bench", *TINY, "--json", "--work-dir", tmp_path, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    for key in ("kernels", "comm", "clock_s", "clock_pct", "reference_iteration_s", "memory",
+                "startup_s", "scaling"):
+        assert key in result, key
+    assert [(c["dtype"], c["features"]) for c in result["kernels"]] == [
+        ("float64", 10), ("float64", 100), ("float32", 10), ("float32", 100)]
+    for case in result["kernels"]:
+        assert case["probe_s"] > 0 and case["blas"]["pct_of_floor"] > 0
+    assert result["comm"]["ranks"] == 2 and result["comm"]["ratio"] > 0
+    assert set(result["memory"]["runs"]) == {"1", "2"}
+    assert result["scaling"]["ceiling"] > 0 and result["scaling"]["speedup"] > 0
+    assert result["scaling"]["kernel"]["name"] in ("blas", "numba")
+
+
+def test_bench_table_under_mpirun(tmp_path):
+    run = mpirun(2, "bench", *TINY, "--dtype", "float64", timeout=120)
+    assert run.returncode == 0, run
+    assert "kernel blas" in run.stdout and "bare Bcast+Reduce (2 ranks" in run.stdout
+    assert "start-up, tiny" not in run.stdout  # runs of its own are skipped under mpirun
+    assert "skipped under mpirun" in run.stdout
+    assert run.stdout.count("mpigd bench:") == 1  # rank 0 alone prints
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--features", "10,x"), "--features must be a comma-separated list"),
+    (("--dtype", "float16"), "--dtype takes float64 and/or float32"),
+    (("--repeat", "0"), "must be positive"),
+])
+def test_bench_bad_arguments(args, message):
+    proc = python_m("bench", *args)
+    assert proc.returncode == 2 and message in proc.stderr
