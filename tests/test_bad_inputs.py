@@ -122,7 +122,7 @@ def _(tmp_path, problem):
         f.create_dataset("train/X", data=np.ones((40, 3)))
         f.create_dataset("y", data=np.ones(40))
     return (["--data", str(path), "--x-dataset", "train"],
-            ["'train' is not a dataset", "datasets there: train/X, y", "--x-dataset"])
+            ["'train' is a group, not a dataset", "datasets there: train/X, y", "--x-dataset"])
 
 
 @case("X not 2-D")

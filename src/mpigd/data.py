@@ -62,7 +62,8 @@ def _dataset(h5file, name, role, option):
     obj = h5file.get(name)
     if not isinstance(obj, h5py.Dataset):
         found = ", ".join(_names_in(h5file)) or "none"
-        what = "is not a dataset" if obj is not None else "not found"
+        what = "not found" if obj is None else "is a group, not a dataset" \
+            if isinstance(obj, h5py.Group) else "is not a dataset"
         raise MpigdError(
             f"{role} dataset '{name}' {what} in {h5file.filename} (datasets there: {found}); "
             f"choose one with {option} NAME"
