@@ -68,7 +68,7 @@ def _pass(X, y, use_y, w, acc, out):
     n, d = X.shape
     zero = w.dtype.type(0)
     loss = 0.0
-    row_bytes = d * X.itemsize
+    row_bytes = max(1, d * X.itemsize)
     prefetch = 4 * row_bytes <= PREFETCH_MAX_GROUP
     ahead = max(4, PREFETCH_AHEAD_BYTES // row_bytes)
     line = max(1, 64 // X.itemsize)
