@@ -12,7 +12,7 @@ its dot products run in float32 like BLAS sdot, and the float32 sum of g is flus
 the float64 output every FLUSH_ROWS rows, so rounding error grows with FLUSH_ROWS, not
 with the shard's length. The loss is accumulated in float64.
 
-Importing this module imports numba (~0.3 s); the first call per dtype compiles (~2 s)
+Importing this module imports numba (~0.3 s); the first call per dtype compiles (~0.6-1 s)
 or loads the compiled code from numba's cache (cache=True; NUMBA_CACHE_DIR chooses where).
 """
 
