@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 from . import probe
+from .errors import MpigdError
 from .objective import LeastSquaresShard, numba_available
 
 RSS_FACTOR, RSS_EXTRA_MB = 1.15, 150      # issue 3: peak RSS <= 1.15 x shard + 150 MB
@@ -164,22 +165,27 @@ def clock_cost_s(comm, iterations=100_000):
 
 # ---------------------------------------------------------------- runs of the trainer
 
-def _mpirun(ranks, *args, timeout):
+def _mpirun(ranks, *args, timeout, env=None):
     from .launch import mpi_command
 
     started = time.perf_counter()
     proc = subprocess.run(mpi_command(ranks, *args), capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+                          timeout=timeout, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
-        raise RuntimeError(f"`mpirun -n {ranks} python -m mpigd {' '.join(map(str, args))}` failed "
+        raise MpigdError(f"`mpirun -n {ranks} python -m mpigd {' '.join(map(str, args))}` failed "
                            f"({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc, seconds
 
 
 def _train(ranks, data, out, iters, timeout):
+    # The same kernel for 1 and 2 ranks (auto would choose by shard size, and the 2-rank
+    # shards are half as big): the best one available, unless MPIGD_KERNEL names one.
+    kernel = os.environ.get("MPIGD_KERNEL", "auto")
+    if kernel == "auto":
+        kernel = "numba" if numba_available() else "blas"
     _mpirun(ranks, "--data", data, "--iters", iters, "--tol", 0, "--lr", "1e-9", "--quiet",
-            "--threads", 1, "--out", out, "--force", timeout=timeout)
+            "--threads", 1, "--out", out, "--force", timeout=timeout, env={"MPIGD_KERNEL": kernel})
     with open(os.path.join(out, "result.json")) as handle:
         return json.load(handle)
 
