@@ -212,8 +212,13 @@ def trainer_runs(work, rows_bytes, features, iters, repeat, timeout):
             memory.append({"rank": p["rank"], "shard_mb": shard_mb, "peak_rss_mb": p["peak_rss_mb"],
                            "rss_over_shard": p["peak_rss_mb"] / shard_mb, "limit_mb": limit_mb,
                            "within_limit": p["peak_rss_mb"] <= limit_mb})
+        # Where an iteration goes (median run): the slowest rank's compute, and the wait
+        # at the Barrier, which grows when a rank loses time slices to other jobs.
+        middle = sorted(results, key=lambda r: r["s_per_iter"])[len(results) // 2]
+        per_iteration = {f"{phase}_s": middle["phases"][phase][stat] / middle["evaluations"]
+                         for phase, stat in (("compute", "max_s"), ("sync", "mean_s"))}
         per_ranks[ranks] = {"s_per_iter": s_per_iter, "kernel": results[0].get("kernel"),
-                            "memory": memory}
+                            "memory": memory, **per_iteration}
     os.remove(data)
     return rows, per_ranks
 
@@ -269,6 +274,8 @@ def run(comm, rows_mb, features, dtypes, repeat, comm_iters=2000, train_iters=50
                                  "speedup": speedup, "bandwidth_1_gb_s": one, "bandwidth_2_gb_s": two,
                                  "bandwidth_2_each_gb_s": each, "ceiling": two / one,
                                  "pct_of_ceiling": 100.0 * speedup / (two / one),
+                                 "compute_s_1": runs[1]["compute_s"], "compute_s_2": runs[2]["compute_s"],
+                                 "sync_s_2": runs[2]["sync_s"],
                                  "kernel": runs[2]["kernel"]}
             result["memory"] = {"runs": {str(k): v["memory"] for k, v in runs.items()},
                                 "factor": RSS_FACTOR, "extra_mb": RSS_EXTRA_MB}
@@ -348,6 +355,10 @@ def table(result):
                                 f"{s['bandwidth_2_gb_s']:.1f} GB/s", f"{s['ceiling']:.2f} x", ""))
         lines.append(row.format("trainer s/iter 1 -> 2 ranks", f"{s['s_per_iter_1'] * 1e3:.1f} ms",
                                 f"{s['s_per_iter_2'] * 1e3:.1f} ms", f"{s['speedup']:.2f} x", ""))
+        compute_speedup = s["compute_s_1"] / s["compute_s_2"]
+        lines.append(row.format("  compute/iter (slowest rank)", f"{s['compute_s_1'] * 1e3:.1f} ms",
+                                f"{s['compute_s_2'] * 1e3:.1f} ms", f"{compute_speedup:.2f} x", ""))
+        lines.append(row.format("  sync wait/iter, 2 ranks", f"{s['sync_s_2'] * 1e3:.1f} ms", "", "", ""))
         lines.append(row.format("  speedup / bandwidth ceiling", f"{s['speedup']:.2f} x",
                                 f"{s['ceiling']:.2f} x", f"{s['pct_of_ceiling']:.0f} %",
                                 _ok(s["pct_of_ceiling"] >= TARGETS["speedup_of_ceiling_pct"])))
