@@ -2,6 +2,8 @@
 its --json carries every measurement the table shows."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -45,3 +47,15 @@ def test_bench_table_under_mpirun(tmp_path):
 def test_bench_bad_arguments(args, message):
     proc = python_m("bench", *args)
     assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_bench_without_numba_falls_back_to_blas():
+    # numba made unimportable: the numba rows say so, BLAS is measured, nothing fails.
+    code = ("import sys; sys.modules['numba'] = None; from mpigd.cli import main; "
+            "sys.exit(main(['bench', '--rows-mb', '1', '--features', '10', '--dtype', 'float64', "
+            "'--repeat', '1', '--no-runs']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert "numba not installed" in proc.stdout and "kernel blas" in proc.stdout
+    assert "kernel numba" in proc.stdout and "not installed" in proc.stdout

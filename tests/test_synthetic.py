@@ -50,19 +50,21 @@ def test_compressed_layout(tmp_path):
 
 
 def test_memory_stays_at_one_block(tmp_path):
-    # 640 MB of data. numpy reports its buffers to tracemalloc, so the traced peak is what the
-    # generator holds, whatever else the machine is doing (peak RSS was seen to wander on a
-    # loaded machine); RSS is checked too, against the file size, with room for that noise.
+    # 640 MB of data; a generator that held it all would peak far above these bounds.
+    # Two views: numpy reports its buffers to tracemalloc, so the traced peak is what the
+    # generator holds; VmHWM is the process's own peak RSS (ru_maxrss would not do: after
+    # fork + exec it starts at the forking parent's RSS, the whole pytest process).
     out = tmp_path / "big.h5"
-    code = ("import resource, tracemalloc; from mpigd.synthetic import generate; "
+    code = ("import tracemalloc; from mpigd.synthetic import generate; "
             "tracemalloc.start(); "
             f"generate({str(out)!r}, 4_000_000, 20); "
             "print(tracemalloc.get_traced_memory()[1] >> 20, "
-            "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10)")
+            "[int(f.split()[1]) >> 10 for f in open('/proc/self/status') "
+            "if f.startswith('VmHWM')][0])")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     traced_mb, rss_mb = map(int, proc.stdout.split())
     file_mb = out.stat().st_size >> 20
     assert file_mb > 600
     assert traced_mb < 120, f"generator held {traced_mb} MB of arrays for a {file_mb} MB file"
-    assert rss_mb < file_mb // 2, f"generator peaked at {rss_mb} MB RSS for a {file_mb} MB file"
+    assert rss_mb < 250, f"generator peaked at {rss_mb} MB RSS for a {file_mb} MB file"

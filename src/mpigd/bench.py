@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 from . import probe
+from .errors import MpigdError
 from .objective import LeastSquaresShard, numba_available
 
 RSS_FACTOR, RSS_EXTRA_MB = 1.15, 150      # issue 3: peak RSS <= 1.15 x shard + 150 MB
@@ -47,20 +48,36 @@ def kernel_case(comm, rows_bytes, features, dtype, repeat):
     w = np.full(features, 0.01)
     g = np.empty(features)
     case = {"features": features, "dtype": dtype.name, "rows": rows, "bytes": X.nbytes}
-    comm.Barrier()
-    case["probe_s"] = probe.read_seconds(X, repeat)
-    case["probe_gb_s"] = X.nbytes / case["probe_s"] / 1e9
+    w_compute = w.astype(dtype)
+    r = np.empty(rows, dtype=dtype)
+    timed = {"probe": lambda: np.dot(X, w_compute, out=r)}
+    shards = {}
     for name in ("blas", "numba"):
         if name == "numba" and not numba_available():
+            continue
+        shards[name] = LeastSquaresShard(X, y, kernel=name)
+        timed[name] = lambda s=shards[name]: s.gradient(w, g)
+    # Rounds of probe, blas, numba in turn: a load that comes and goes (other jobs on the
+    # machine) then hits all of them alike, and their ratios stay fair.
+    seconds = {name: [] for name in timed}
+    for fn in timed.values():
+        fn()  # warm: pages, caches, lazy imports
+    comm.Barrier()
+    for _ in range(repeat):
+        for name, fn in timed.items():
+            started = time.perf_counter()
+            fn()
+            seconds[name].append(time.perf_counter() - started)
+    median = {name: statistics.median(values) for name, values in seconds.items()}
+    case["probe_s"] = median["probe"]
+    case["probe_gb_s"] = X.nbytes / case["probe_s"] / 1e9
+    for name in ("blas", "numba"):
+        if name not in shards:
             case[name] = None
             continue
-        shard = LeastSquaresShard(X, y, kernel=name)
-        comm.Barrier()
-        seconds = probe.median_seconds(lambda s=shard: s.gradient(w, g), repeat)
-        case[name] = {"seconds": seconds, "pct_of_floor": 100.0 * case["probe_s"] / seconds,
-                      "setup_s": shard.setup_s}
-    del X, y
-    return case
+        case[name] = {"seconds": median[name], "pct_of_floor": 100.0 * case["probe_s"] / median[name],
+                      "setup_s": shards[name].setup_s}
+    return case  # X, y and the shards are freed here, before the next case
 
 
 # ---------------------------------------------------------------- communication
@@ -148,22 +165,27 @@ def clock_cost_s(comm, iterations=100_000):
 
 # ---------------------------------------------------------------- runs of the trainer
 
-def _mpirun(ranks, *args, timeout):
+def _mpirun(ranks, *args, timeout, env=None):
     from .launch import mpi_command
 
     started = time.perf_counter()
     proc = subprocess.run(mpi_command(ranks, *args), capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+                          timeout=timeout, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
-        raise RuntimeError(f"`mpirun -n {ranks} python -m mpigd {' '.join(map(str, args))}` failed "
+        raise MpigdError(f"`mpirun -n {ranks} python -m mpigd {' '.join(map(str, args))}` failed "
                            f"({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc, seconds
 
 
 def _train(ranks, data, out, iters, timeout):
+    # The same kernel for 1 and 2 ranks (auto would choose by shard size, and the 2-rank
+    # shards are half as big): the best one available, unless MPIGD_KERNEL names one.
+    kernel = os.environ.get("MPIGD_KERNEL", "auto")
+    if kernel == "auto":
+        kernel = "numba" if numba_available() else "blas"
     _mpirun(ranks, "--data", data, "--iters", iters, "--tol", 0, "--lr", "1e-9", "--quiet",
-            "--threads", 1, "--out", out, "--force", timeout=timeout)
+            "--threads", 1, "--out", out, "--force", timeout=timeout, env={"MPIGD_KERNEL": kernel})
     with open(os.path.join(out, "result.json")) as handle:
         return json.load(handle)
 
@@ -175,10 +197,12 @@ def trainer_runs(work, rows_bytes, features, iters, repeat, timeout):
     rows = max(8, rows_bytes // (features * 8))
     data = os.path.join(work, f"bench-{rows}x{features}.h5")
     generate(data, rows, features)
+    runs = {1: [], 2: []}
+    for _ in range(repeat):  # alternate 1 and 2 ranks: a passing load hits both alike
+        for ranks in runs:
+            runs[ranks].append(_train(ranks, data, os.path.join(work, f"run-{ranks}"), iters, timeout))
     per_ranks = {}
-    for ranks in (1, 2):
-        results = [_train(ranks, data, os.path.join(work, f"run-{ranks}"), iters, timeout)
-                   for _ in range(repeat)]
+    for ranks, results in runs.items():
         s_per_iter = statistics.median(r["s_per_iter"] for r in results)
         worst = max((r for r in results), key=lambda r: max(p["peak_rss_mb"] for p in r["per_rank"]))
         memory = []
@@ -188,8 +212,13 @@ def trainer_runs(work, rows_bytes, features, iters, repeat, timeout):
             memory.append({"rank": p["rank"], "shard_mb": shard_mb, "peak_rss_mb": p["peak_rss_mb"],
                            "rss_over_shard": p["peak_rss_mb"] / shard_mb, "limit_mb": limit_mb,
                            "within_limit": p["peak_rss_mb"] <= limit_mb})
+        # Where an iteration goes (median run): the slowest rank's compute, and the wait
+        # at the Barrier, which grows when a rank loses time slices to other jobs.
+        middle = sorted(results, key=lambda r: r["s_per_iter"])[len(results) // 2]
+        per_iteration = {f"{phase}_s": middle["phases"][phase][stat] / middle["evaluations"]
+                         for phase, stat in (("compute", "max_s"), ("sync", "mean_s"))}
         per_ranks[ranks] = {"s_per_iter": s_per_iter, "kernel": results[0].get("kernel"),
-                            "memory": memory}
+                            "memory": memory, **per_iteration}
     os.remove(data)
     return rows, per_ranks
 
@@ -245,6 +274,8 @@ def run(comm, rows_mb, features, dtypes, repeat, comm_iters=2000, train_iters=50
                                  "speedup": speedup, "bandwidth_1_gb_s": one, "bandwidth_2_gb_s": two,
                                  "bandwidth_2_each_gb_s": each, "ceiling": two / one,
                                  "pct_of_ceiling": 100.0 * speedup / (two / one),
+                                 "compute_s_1": runs[1]["compute_s"], "compute_s_2": runs[2]["compute_s"],
+                                 "sync_s_2": runs[2]["sync_s"],
                                  "kernel": runs[2]["kernel"]}
             result["memory"] = {"runs": {str(k): v["memory"] for k, v in runs.items()},
                                 "factor": RSS_FACTOR, "extra_mb": RSS_EXTRA_MB}
@@ -324,6 +355,10 @@ def table(result):
                                 f"{s['bandwidth_2_gb_s']:.1f} GB/s", f"{s['ceiling']:.2f} x", ""))
         lines.append(row.format("trainer s/iter 1 -> 2 ranks", f"{s['s_per_iter_1'] * 1e3:.1f} ms",
                                 f"{s['s_per_iter_2'] * 1e3:.1f} ms", f"{s['speedup']:.2f} x", ""))
+        compute_speedup = s["compute_s_1"] / s["compute_s_2"]
+        lines.append(row.format("  compute/iter (slowest rank)", f"{s['compute_s_1'] * 1e3:.1f} ms",
+                                f"{s['compute_s_2'] * 1e3:.1f} ms", f"{compute_speedup:.2f} x", ""))
+        lines.append(row.format("  sync wait/iter, 2 ranks", f"{s['sync_s_2'] * 1e3:.1f} ms", "", "", ""))
         lines.append(row.format("  speedup / bandwidth ceiling", f"{s['speedup']:.2f} x",
                                 f"{s['ceiling']:.2f} x", f"{s['pct_of_ceiling']:.0f} %",
                                 _ok(s["pct_of_ceiling"] >= TARGETS["speedup_of_ceiling_pct"])))

@@ -12,7 +12,7 @@ its dot products run in float32 like BLAS sdot, and the float32 sum of g is flus
 the float64 output every FLUSH_ROWS rows, so rounding error grows with FLUSH_ROWS, not
 with the shard's length. The loss is accumulated in float64.
 
-Importing this module imports numba (~0.3 s); the first call per dtype compiles (~2 s)
+Importing this module imports numba (~0.3 s); the first call per dtype compiles (~0.6-1 s)
 or loads the compiled code from numba's cache (cache=True; NUMBA_CACHE_DIR chooses where).
 """
 
@@ -68,7 +68,7 @@ def _pass(X, y, use_y, w, acc, out):
     n, d = X.shape
     zero = w.dtype.type(0)
     loss = 0.0
-    row_bytes = d * X.itemsize
+    row_bytes = max(1, d * X.itemsize)
     prefetch = 4 * row_bytes <= PREFETCH_MAX_GROUP
     ahead = max(4, PREFETCH_AHEAD_BYTES // row_bytes)
     line = max(1, 64 // X.itemsize)
