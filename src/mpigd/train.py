@@ -62,6 +62,15 @@ def ensure_default_data(path):
 
 
 def _peak_rss_bytes():
+    # VmHWM counts this process only; ru_maxrss starts at the RSS of whatever process forked
+    # us (a big Python parent would be reported as our own peak). ru_maxrss where there is no /proc.
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
