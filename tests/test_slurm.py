@@ -1,9 +1,10 @@
 """slurm/*.sbatch and slurm/submit_scaling.sh against a real one-node Slurm cluster.
 
 The module fixture installs Debian's slurmctld, slurmd, slurm-client and munge (if they
-are missing), starts munged (unless one already answers) and a private one-node cluster
-whose config, state, spool, logs and ports are its own (SLURM_CONF points the clients at
-it), and stops every daemon it started at the end, waiting on their PIDs. Jobs run as root
+are missing), starts a private munged (own socket, so it neither needs nor disturbs
+/run/munge) and a private one-node cluster whose config, state, spool, logs, ports and job
+ids are its own (SLURM_CONF points the clients at it), so two test sessions on one machine
+do not meet; at the end it stops every daemon it started, waiting on their PIDs. Jobs run as root
 in a temporary directory with this interpreter's venv (MPIGD_VENV and PATH are exported to
 them by sbatch). Job states come from `sacct -c` (jobcomp/filetxt: no slurmdbd needed).
 """
@@ -18,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -89,6 +91,7 @@ SlurmUser=root
 SlurmctldPort={ctld_port}
 SlurmdPort={d_port}
 AuthType=auth/munge
+AuthInfo=socket={munge_socket}
 StateSaveLocation={dir}/state
 SlurmdSpoolDir={dir}/spool
 SlurmctldPidFile={dir}/slurmctld.pid
@@ -159,13 +162,11 @@ class Cluster:
                          for name in ("slurmctld.log", "slurmd.log") if Path(self.dir, name).exists())
 
 
-def _munge_works():
-    if shutil.which("munge") is None:
-        return False
+def _munge_works(socket_path):
     try:
-        token = _run(["munge", "-n"], timeout=10, check=False)
-        return token.returncode == 0 and _run(["unmunge"], timeout=10, check=False,
-                                              input=token.stdout).returncode == 0
+        token = _run(["munge", "-n", f"--socket={socket_path}"], timeout=10, check=False)
+        return token.returncode == 0 and _run(["unmunge", f"--socket={socket_path}"], timeout=10,
+                                              check=False, input=token.stdout).returncode == 0
     except subprocess.TimeoutExpired:
         return False
 
@@ -174,26 +175,30 @@ def _munge_works():
 def cluster(tmp_path_factory):
     _install()
     started = []
+    # munged runs as the munge user, which cannot enter pytest's root-only tmp directories.
+    munge_dir = Path(tempfile.mkdtemp(prefix="mpigd-munge-"))
     try:
-        if not _munge_works():
-            # The package makes the key but not /run/munge (no systemd to create it).
-            os.makedirs("/run/munge", exist_ok=True)
-            shutil.chown("/run/munge", "munge", "munge")
-            started.append(("munged", subprocess.Popen(
-                ["/usr/sbin/munged", "--foreground"], user="munge", group="munge",
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
-            deadline = time.monotonic() + 20
-            while not _munge_works():
-                assert started[-1][1].poll() is None, f"munged exited: {started[-1][1].stderr.read()}"
-                assert time.monotonic() < deadline, "munged did not answer within 20 s"
-                time.sleep(0.2)
+        shutil.chown(munge_dir, "munge", "munge")
+        munge_dir.chmod(0o755)
+        munge_socket = munge_dir / "munge.socket"
+        started.append(("munged", subprocess.Popen(
+            ["/usr/sbin/munged", "--foreground", f"--socket={munge_socket}",
+             f"--pid-file={munge_dir}/munged.pid", f"--seed-file={munge_dir}/munged.seed"],
+            user="munge", group="munge", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE)))
+        deadline = time.monotonic() + 20
+        while not _munge_works(munge_socket):
+            assert started[-1][1].poll() is None, f"munged exited: {started[-1][1].stderr.read()}"
+            assert time.monotonic() < deadline, "munged did not answer within 20 s"
+            time.sleep(0.2)
 
         directory = tmp_path_factory.mktemp("slurm")
         for sub in ("state", "spool", "work"):
             (directory / sub).mkdir()
         host = socket.gethostname().split(".")[0]  # what `hostname -s` says; slurmd must match
         conf = directory / "slurm.conf"
-        conf.write_text(SLURM_CONF.format(host=host, dir=directory, ctld_port=_free_port(),
+        conf.write_text(SLURM_CONF.format(host=host, dir=directory, munge_socket=munge_socket,
+                                          ctld_port=_free_port(),
                                           d_port=_free_port(),
                                           first_job_id=random.randrange(1_000, 60_000_000)))
         venv = sys.prefix if sys.prefix != sys.base_prefix else ""
@@ -221,6 +226,7 @@ def cluster(tmp_path_factory):
     finally:
         for name, proc in reversed(started):
             _stop(proc, name)
+        shutil.rmtree(munge_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
