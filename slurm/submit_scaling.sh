@@ -118,8 +118,8 @@ for n in "${counts[@]}"; do
     else
         layout+=(--output="$out/logs/$name-%j.out")
     fi
-    id=$(MPIGD_RUNS="$out/$name" submit "${layout[@]}" "${extra[@]}" "$here/train.sbatch" \
-         train --data "$file" --iters "$iters" --tol 0 --quiet "${train[@]}")
+    id=$(MPIGD_RUNS="$out/$name" submit "${layout[@]}" ${extra[@]+"${extra[@]}"} "$here/train.sbatch" \
+         train --data "$file" --iters "$iters" --tol 0 --quiet ${train[@]+"${train[@]}"})
     run_ids+=("$id")
     echo "run $name: job $id ($n ranks on $nodes node(s), repeat $repeat)"
 done
@@ -136,7 +136,7 @@ if [[ $bench == yes ]]; then
         # afterany: one at a time, since each merges its fit into the same comm_model.json.
         id=$(submit --ntasks="$n" --nodes=$(( (n + tasks - 1) / tasks )) \
              --ntasks-per-node="$tasks" --job-name="mpigd-$name" --output="$out/logs/$name-%j.out" \
-             ${previous:+--dependency=afterany:$previous} "${extra[@]}" "$here/train.sbatch" \
+             ${previous:+--dependency=afterany:$previous} ${extra[@]+"${extra[@]}"} "$here/train.sbatch" \
              bench-comm --max-size "$largest" --out "$out/comm_model.json" --quiet)
         previous=$id
         run_ids+=("$id")
@@ -146,7 +146,7 @@ fi
 
 deps=$(IFS=:; echo "${run_ids[*]}")
 collect=(--dependency="afterok:$deps" --kill-on-invalid-dep=yes
-         --output="$out/logs/collect-%j.out" "${extra[@]}" "$here/collect.sbatch"
+         --output="$out/logs/collect-%j.out" ${extra[@]+"${extra[@]}"} "$here/collect.sbatch"
          "$out" --kind "$mode" --plots)
 id=$(submit "${collect[@]}")
 echo "collect: job $id (after $deps) -> $out/scaling.csv, $out/*.png"

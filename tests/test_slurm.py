@@ -1,21 +1,25 @@
 """slurm/*.sbatch and slurm/submit_scaling.sh against a real one-node Slurm cluster.
 
 The module fixture installs Debian's slurmctld, slurmd, slurm-client and munge (if they
-are missing), starts munged (unless one already answers) and a private one-node cluster
-whose config, state, spool, logs and ports are its own (SLURM_CONF points the clients at
-it), and stops every daemon it started at the end, waiting on their PIDs. Jobs run as root
+are missing), starts a private munged (own socket, so it neither needs nor disturbs
+/run/munge) and a private one-node cluster whose config, state, spool, logs, ports and job
+ids are its own (SLURM_CONF points the clients at it), so two test sessions on one machine
+do not meet; at the end it stops every daemon it started, waiting on their PIDs. Jobs run as root
 in a temporary directory with this interpreter's venv (MPIGD_VENV and PATH are exported to
 them by sbatch). Job states come from `sacct -c` (jobcomp/filetxt: no slurmdbd needed).
 """
 
+import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -79,11 +83,15 @@ def _stop(proc, name):
 
 SLURM_CONF = """\
 ClusterName=mpigdtest
+# Job ids differ from run to run: MPICH names its /dev/shm segments after the job, and a
+# segment left by a killed rank must not meet a later job with the same id.
+FirstJobId={first_job_id}
 SlurmctldHost={host}(127.0.0.1)
 SlurmUser=root
 SlurmctldPort={ctld_port}
 SlurmdPort={d_port}
 AuthType=auth/munge
+AuthInfo=socket={munge_socket}
 StateSaveLocation={dir}/state
 SlurmdSpoolDir={dir}/spool
 SlurmctldPidFile={dir}/slurmctld.pid
@@ -122,10 +130,10 @@ class Cluster:
     def run(self, *argv, timeout=TIMEOUT, check=True, cwd=None):
         return _run(argv, timeout=timeout, check=check, cwd=cwd or self.workdir, env=self.env)
 
-    def sbatch(self, *args, wait=True, timeout=TIMEOUT):
+    def sbatch(self, *args, wait=True, timeout=TIMEOUT, env=None):
         """Submit; returns (job id, the sbatch process). With wait, returns when the job ended."""
-        proc = self.run("sbatch", "--parsable", *(["--wait"] if wait else []), *args,
-                        timeout=timeout, check=False)
+        proc = _run(["sbatch", "--parsable", *(["--wait"] if wait else []), *args], timeout=timeout,
+                    check=False, cwd=self.workdir, env={**self.env, **(env or {})})
         found = re.match(r"\s*(\d+)", proc.stdout)
         assert found, f"sbatch printed no job id\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
         return found.group(1), proc
@@ -154,13 +162,11 @@ class Cluster:
                          for name in ("slurmctld.log", "slurmd.log") if Path(self.dir, name).exists())
 
 
-def _munge_works():
-    if shutil.which("munge") is None:
-        return False
+def _munge_works(socket_path):
     try:
-        token = _run(["munge", "-n"], timeout=10, check=False)
-        return token.returncode == 0 and _run(["unmunge"], timeout=10, check=False,
-                                              input=token.stdout).returncode == 0
+        token = _run(["munge", "-n", f"--socket={socket_path}"], timeout=10, check=False)
+        return token.returncode == 0 and _run(["unmunge", f"--socket={socket_path}"], timeout=10,
+                                              check=False, input=token.stdout).returncode == 0
     except subprocess.TimeoutExpired:
         return False
 
@@ -169,27 +175,32 @@ def _munge_works():
 def cluster(tmp_path_factory):
     _install()
     started = []
+    # munged runs as the munge user, which cannot enter pytest's root-only tmp directories.
+    munge_dir = Path(tempfile.mkdtemp(prefix="mpigd-munge-"))
     try:
-        if not _munge_works():
-            # The package makes the key but not /run/munge (no systemd to create it).
-            os.makedirs("/run/munge", exist_ok=True)
-            shutil.chown("/run/munge", "munge", "munge")
-            started.append(("munged", subprocess.Popen(
-                ["/usr/sbin/munged", "--foreground"], user="munge", group="munge",
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
-            deadline = time.monotonic() + 20
-            while not _munge_works():
-                assert started[-1][1].poll() is None, f"munged exited: {started[-1][1].stderr.read()}"
-                assert time.monotonic() < deadline, "munged did not answer within 20 s"
-                time.sleep(0.2)
+        shutil.chown(munge_dir, "munge", "munge")
+        munge_dir.chmod(0o755)
+        munge_socket = munge_dir / "munge.socket"
+        started.append(("munged", subprocess.Popen(
+            ["/usr/sbin/munged", "--foreground", f"--socket={munge_socket}",
+             f"--pid-file={munge_dir}/munged.pid", f"--seed-file={munge_dir}/munged.seed"],
+            user="munge", group="munge", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE)))
+        deadline = time.monotonic() + 20
+        while not _munge_works(munge_socket):
+            assert started[-1][1].poll() is None, f"munged exited: {started[-1][1].stderr.read()}"
+            assert time.monotonic() < deadline, "munged did not answer within 20 s"
+            time.sleep(0.2)
 
         directory = tmp_path_factory.mktemp("slurm")
         for sub in ("state", "spool", "work"):
             (directory / sub).mkdir()
         host = socket.gethostname().split(".")[0]  # what `hostname -s` says; slurmd must match
         conf = directory / "slurm.conf"
-        conf.write_text(SLURM_CONF.format(host=host, dir=directory, ctld_port=_free_port(),
-                                          d_port=_free_port()))
+        conf.write_text(SLURM_CONF.format(host=host, dir=directory, munge_socket=munge_socket,
+                                          ctld_port=_free_port(),
+                                          d_port=_free_port(),
+                                          first_job_id=random.randrange(1_000, 60_000_000)))
         venv = sys.prefix if sys.prefix != sys.base_prefix else ""
         env = {**os.environ, "SLURM_CONF": str(conf), "MPIGD_VENV": venv,
                "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
@@ -215,6 +226,7 @@ def cluster(tmp_path_factory):
     finally:
         for name, proc in reversed(started):
             _stop(proc, name)
+        shutil.rmtree(munge_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -243,21 +255,69 @@ def test_train_sbatch_runs_one_two_rank_mpi_job(cluster, data):
     assert f"results: {cluster.workdir}/runs/{job}" in log and "trainer exited with code 0" in log
 
 
-def test_a_failing_run_fails_the_job_with_one_clear_error(cluster):
-    job, proc = cluster.sbatch(_sbatch_script("train.sbatch"), "--data", "missing.h5")
+@pytest.mark.parametrize("options, message", [
+    (("--data", "missing.h5"), "missing.h5 does not exist"),     # found collectively, after MPI_Init
+    (("--lr", "-1"), "--lr must be > 0"),                         # found by every rank before MPI_Init
+])
+def test_a_failing_run_fails_the_job_with_one_clear_error(cluster, data, options, message):
+    # Every rank exits 2; with srun's kill-on-bad-exit the first exit would kill the others
+    # (job 143, rank 0's message sometimes lost): train.sbatch turns it off.
+    job, proc = cluster.sbatch(_sbatch_script("train.sbatch"), "--data", data, *options)
     log = (cluster.workdir / f"mpigd-{job}.out").read_text()
     assert proc.returncode == 2, log
     state = cluster.job(job)
     assert (state["State"], state["ExitCode"]) == ("FAILED", "2:0"), (state, log)
-    assert log.count("mpigd: error:") == 1 and "missing.h5 does not exist" in log, log
+    assert log.count("mpigd: error:") == 1 and message in log, log
     assert "Traceback" not in log and not (cluster.workdir / "runs" / job).exists()
+
+
+def _pids_of_rank(job, rank):
+    """The PIDs of `python -m mpigd` with this job id and task rank (read from /proc)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"SLURM_JOB_ID={job}".encode() in env and f"SLURM_PROCID={rank}".encode() in env \
+                and b"mpigd" in cmd:
+            pids.append(int(pid))
+    return pids
+
+
+def test_a_rank_killed_without_mpi_abort_ends_the_step_soon(cluster, data):
+    # SIGKILL (say, out of memory) gives mpigd no chance to call MPI_Abort: rank 0 blocks in
+    # its next collective, and srun --wait ends the step (train.sbatch: 30 s; here 5 s).
+    job, _ = cluster.sbatch(_sbatch_script("train.sbatch"), "--data", data, "--iters", 1_000_000,
+                            "--tol", 0, wait=False, env={"MPIGD_SRUN_ARGS": "--wait=5"})
+    log = cluster.workdir / f"mpigd-{job}.out"
+    deadline = time.monotonic() + 60
+    while not (log.exists() and "iter " in log.read_text(errors="replace")):
+        assert time.monotonic() < deadline, "the job never started iterating"
+        time.sleep(0.3)
+    victims = _pids_of_rank(job, 1)
+    assert len(victims) == 1, victims
+    # MPICH's shared-memory segment outlives killed ranks; its name derives from the job
+    # id, so a later cluster's job with that id would attach to it and fail in MPI_Init.
+    segments = set(re.findall(r"/dev/shm/mpich_\S+", Path(f"/proc/{victims[0]}/maps").read_text()))
+    os.kill(victims[0], signal.SIGKILL)
+    killed = time.monotonic()
+    state, = cluster.wait(job, timeout=60)
+    for segment in segments:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(segment)
+    assert time.monotonic() - killed < 30, "the step outlived its --wait by far"
+    assert state["State"] == "FAILED" and state["ExitCode"] != "0:0", state
+    assert "task 1: Killed" in log.read_text(), log.read_text()
 
 
 def test_sigterm_before_the_time_limit_checkpoints_and_resumes(cluster, data):
     long_run = ("--data", data, "--iters", 1_000_000, "--tol", 0)
-    # Slurm's own warning: --time=1 with --signal=TERM@45 signals the ranks 15..45 s in
-    # (it checks limits every ~30 s); 15 s leaves time to start Python on a loaded machine.
-    timed, _ = cluster.sbatch("--time=1", "--signal=TERM@45", _sbatch_script("train.sbatch"),
+    # Slurm's own warning. slurmctld checks limits every 30 s and signals once
+    # end - now <= warn + 30 (measured on 22.05): with --time=1 and TERM@15 the ranks get
+    # SIGTERM 15..45 s in, late enough for Python to start even on a loaded machine.
+    timed, _ = cluster.sbatch("--time=1", "--signal=TERM@15", _sbatch_script("train.sbatch"),
                               *long_run, wait=False)
     # And by hand, as a user would to stop a run now and keep it resumable.
     cancelled, _ = cluster.sbatch(_sbatch_script("train.sbatch"), *long_run, wait=False)
