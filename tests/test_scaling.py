@@ -274,3 +274,22 @@ def test_comm_bench_script_merges_rank_counts(tmp_path):
                           text=True, capture_output=True, timeout=SWEEP_TIMEOUT, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
     assert sorted(read_json(tmp_path / "comm_model.json")["fits"]) == ["1", "2"]
+
+
+def test_every_run_of_a_sweep_uses_the_baseline_kernel(tmp_path):
+    # MPIGD_KERNEL=auto chooses by shard size: left alone, a strong sweep would use numba at
+    # 1 rank and BLAS at 2 (half the shard), and report the kernels' difference as scaling.
+    # Here the threshold sits between the 1-rank shard (256 kB) and the 2-rank one (128 kB).
+    pytest.importorskip("numba")
+    out = tmp_path / "sweep"
+    code = ("import sys; import mpigd.objective as o; o.NUMBA_MIN_BYTES = 200_000; "
+            "from mpigd.__main__ import main; main(sys.argv[1:])")
+    env = {k: v for k, v in os.environ.items() if k != "MPIGD_KERNEL"}
+    args = ["scale", "--ranks", "1,2", "--rows", 4000, "--features", 8, "--iters", 3, "--repeat", 1,
+            "--comm-model", "none", "--out", out]
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=SWEEP_TIMEOUT,
+                          stdin=subprocess.DEVNULL, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "gradient kernel for every run: numba" in proc.stdout
+    for run in ("p001-r1", "p002-r1"):
+        assert read_json(out / run / "result.json")["kernel"]["name"] == "numba"

@@ -51,12 +51,13 @@ def _tail(text, lines=60):
     return "\n".join("  | " + line for line in kept) if kept else "  | (no output)"
 
 
-def run_job(argv, timeout, what):
+def run_job(argv, timeout, what, env=None):
     """Run one launched job to completion; any failure raises with its stderr, once."""
     argv = [str(a) for a in argv]
     try:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                env=None if env is None else {**os.environ, **env})
     except OSError as exc:
         raise MpigdError(f"cannot start {what}: {argv[0]}: {exc.strerror or exc}; check --launcher") from None
     try:
@@ -223,6 +224,9 @@ def sweep(args, say=_say):
         data[m] = _data_file(data_dir, rows, args.features, args.seed)
         _ensure_data(data[m], rows, args.features, args.seed, say)
 
+    kernel = _one_kernel(data[ranks[0]], ranks[0] - 1 if dedicated else ranks[0], train_args)
+    say(f"  gradient kernel for every run: {kernel}")
+
     paths = []
     for index, run in enumerate(runs, 1):
         m = run["ranks"]
@@ -243,7 +247,7 @@ def sweep(args, say=_say):
             if run["delay"] > 0:
                 slow = m - 1 if args.straggler_rank == "last" else int(args.straggler_rank)
                 argv += ["--straggler", f"{slow}:{run['delay']!r}"]
-            run_job(argv + train_args, args.timeout, f"run {run_dir}")
+            run_job(argv + train_args, args.timeout, f"run {run_dir}", env={"MPIGD_KERNEL": kernel})
             seconds = summarize_run(result)["s_per_iter"]
             say(f"  {label}: {1e3 * seconds:.3f} ms/iteration  ({run_dir})")
         paths.append(result)
@@ -259,6 +263,31 @@ def sweep(args, say=_say):
         written += write_all(report, out)
     say("\nmpigd scale: wrote " + ", ".join(written))
     return report
+
+
+def _one_kernel(path, workers, train_args):
+    """The gradient kernel for all runs of the sweep, chosen for the baseline's shard.
+
+    MPIGD_KERNEL=auto picks per shard size, so a strong sweep would switch from numba at
+    1 rank to BLAS at m ranks and measure the kernels' difference as if it were scaling.
+    """
+    import h5py
+
+    from .objective import choose_kernel
+
+    name = "X"
+    for i, option in enumerate(train_args):
+        if option.startswith("--x-dataset="):
+            name = option.split("=", 1)[1]
+        elif option == "--x-dataset" and i + 1 < len(train_args):
+            name = train_args[i + 1]
+    try:
+        with h5py.File(path, "r") as f:
+            X = f[name]
+            shard_bytes = X.shape[0] * X.shape[1] * X.dtype.itemsize // max(1, workers)
+    except (OSError, KeyError, AttributeError, IndexError, TypeError):
+        shard_bytes = 0  # a bad file or name: the first run says what is wrong, once
+    return choose_kernel(shard_bytes)
 
 
 def _check_plan(out, plan):
