@@ -287,8 +287,8 @@ def test_every_run_of_a_sweep_uses_the_baseline_kernel(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MPIGD_KERNEL"}
     args = ["scale", "--ranks", "1,2", "--rows", 4000, "--features", 8, "--iters", 3, "--repeat", 1,
             "--comm-model", "none", "--out", out]
-    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=SWEEP_TIMEOUT,
-                          stdin=subprocess.DEVNULL, env=env)
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                          timeout=SWEEP_TIMEOUT, stdin=subprocess.DEVNULL, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "gradient kernel for every run: numba" in proc.stdout
     for run in ("p001-r1", "p002-r1"):
