@@ -4,7 +4,11 @@
 # when every run succeeded and writes scaling.csv/json/txt and the plots.
 #
 #   slurm/submit_scaling.sh --mode strong --ranks 1,2,4,8 --rows 2000000 --features 100 \
-#       --iters 100 --repeat 3 --tasks-per-node 32 --sbatch "--partition=compute --exclusive"
+#       --iters 100 --repeat 3 --tasks-per-node 32 --sbatch "--partition=compute"
+#
+# Runs and bench-comm jobs ask for whole nodes (--exclusive) unless --shared: a run that
+# shares a node with another job (or with another run of the same sweep, which Slurm may
+# start at the same time) measures that job too, and the speedup is not to be trusted.
 #
 # Prints the job ids; with --wait it waits for the collector: exit 0 only if it completed.
 # Runs land in OUT/pNNN/<job id> (arrays: <array job id>_<repeat>), logs in OUT/logs.
@@ -23,7 +27,9 @@ usage: $0 [options]
   --repeat R             runs per rank count (an array job) [1]
   --tasks-per-node T     ranks per node; a run uses ceil(n/T) nodes [all ranks on one node]
   --out DIR              sweep directory [runs/scale-slurm-<date>]
-  --sbatch "OPTIONS"     more sbatch options for every job, e.g. "--partition=p --account=a --exclusive"
+  --sbatch "OPTIONS"     more sbatch options for every job, e.g. "--partition=p --account=a"
+  --shared               do not ask for whole nodes (default: --exclusive for runs and
+                         bench-comm jobs, so that no two timed jobs share a node)
   --train-args "ARGS"    more trainer options for every run, e.g. "--dtype float32"
   --bench-comm           also time the collectives per rank count (one job each, one after
                          another: they share OUT/comm_model.json) for the model's prediction
@@ -33,7 +39,7 @@ USAGE
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 mode=strong ranks=1,2 rows=200000 features=32 seed=0 data="" iters=50 repeat=1
-per_node="" out="" sbatch_extra="" train_args="" wait=no bench=no
+per_node="" out="" sbatch_extra="" train_args="" wait=no bench=no exclusive=(--exclusive)
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --mode) mode=$2; shift 2 ;;
@@ -50,6 +56,7 @@ while [[ $# -gt 0 ]]; do
         --train-args) train_args=$2; shift 2 ;;
         --wait) wait=yes; shift ;;
         --bench-comm) bench=yes; shift ;;
+        --shared) exclusive=(); shift ;;
         -h | --help) usage; exit 0 ;;
         *) echo "submit_scaling.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -112,7 +119,8 @@ for n in "${counts[@]}"; do
     (( tasks > n )) && tasks=$n
     nodes=$(( (n + tasks - 1) / tasks ))
     name=$(printf 'p%03d' "$n")
-    layout=(--ntasks="$n" --nodes="$nodes" --ntasks-per-node="$tasks" --job-name="mpigd-$mode-$name")
+    layout=(--ntasks="$n" --nodes="$nodes" --ntasks-per-node="$tasks" --job-name="mpigd-$mode-$name"
+            ${exclusive[@]+"${exclusive[@]}"})
     if (( repeat > 1 )); then
         layout+=(--array="1-$repeat" --output="$out/logs/$name-%A_%a.out")
     else
@@ -136,6 +144,7 @@ if [[ $bench == yes ]]; then
         # afterany: one at a time, since each merges its fit into the same comm_model.json.
         id=$(submit --ntasks="$n" --nodes=$(( (n + tasks - 1) / tasks )) \
              --ntasks-per-node="$tasks" --job-name="mpigd-$name" --output="$out/logs/$name-%j.out" \
+             ${exclusive[@]+"${exclusive[@]}"} \
              ${previous:+--dependency=afterany:$previous} ${extra[@]+"${extra[@]}"} "$here/train.sbatch" \
              bench-comm --max-size "$largest" --out "$out/comm_model.json" --quiet)
         previous=$id
@@ -161,6 +170,12 @@ if [[ -z $state ]]; then  # scontrol forgets a job MinJobAge (300 s) after its e
     state=$(sacct -n -X -j "$id" -o State 2> /dev/null | head -1 | tr -d ' ' || true)
 fi
 if [[ $state != COMPLETED ]]; then
+    # The sweep cannot complete any more: runs still queued would only burn the allocation.
+    left=$(squeue -h -j "${deps//:/,}" -o %i 2> /dev/null | sort -u | tr '\n' ' ' || true)
+    if [[ -n ${left// /} ]]; then
+        scancel "${run_ids[@]}" 2> /dev/null || true
+        echo "submit_scaling.sh: cancelled the sweep's jobs still queued or running: $left" >&2
+    fi
     echo "submit_scaling.sh: the collector job $id ended ${state:-in an unknown state}" \
          "(a run failed? see $out/logs and: sacct -j ${deps//:/,},$id)" >&2
     exit 1

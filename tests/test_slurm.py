@@ -218,6 +218,10 @@ def cluster(tmp_path_factory):
             assert time.monotonic() < deadline, f"the node is not idle after 60 s\n{cluster.log_tail()}"
             time.sleep(0.3)
         yield cluster
+        if os.environ.get("MPIGD_SLURM_SACCT_OUT"):  # the jobs this cluster ran, for a report
+            Path(os.environ["MPIGD_SLURM_SACCT_OUT"]).write_text(cluster.run(
+                "sacct", "-c", "-o", "JobID,JobName%20,NCPUS,State,ExitCode,Start,End,Timelimit",
+                check=False).stdout)
         # Leave nothing running: cancel what a failed test left queued, then stop the daemons.
         cluster.run("scancel", "--user=root", check=False)
         deadline = time.monotonic() + 60
@@ -374,6 +378,9 @@ def test_strong_scaling_sweep_with_collector_job(cluster):
     jobs = cluster.jobs()
     runs = [j for j in jobs if j["JobName"].startswith(("mpigd-strong-p", "mpigd-bench-p"))]
     assert len(runs) == 6 and all(j["State"] == "COMPLETED" for j in runs), runs
+    # Whole nodes by default: no two timed jobs of the sweep ever shared the node.
+    spans = sorted((j["Start"], j["End"]) for j in runs)
+    assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:])), runs
     collect = cluster.job(ids["collect"])
     assert collect["State"] == "COMPLETED" and collect["ExitCode"] == "0:0"
     assert collect["Start"] >= max(j["End"] for j in runs), (collect, runs)  # ISO times sort
@@ -388,5 +395,12 @@ def test_a_failed_run_cancels_the_collector_and_fails_the_sweep(cluster):
     collect = re.search(r"^collect: job (\d+)", proc.stdout, re.M).group(1)
     assert f"the collector job {collect} ended CANCELLED" in proc.stderr, proc.stderr
     assert cluster.job(collect)["State"] == "CANCELLED" and not (sweep / "scaling.csv").exists()
+    # Runs are exclusive, so one at a time: the first fails, the collector is cancelled, and
+    # the script cancels the runs still queued instead of leaving them to burn the allocation.
     logs = sorted((sweep / "logs").glob("p*.out"))
-    assert len(logs) == 2 and all("mpigd: error: --lr must be > 0" in p.read_text() for p in logs)
+    assert logs and all("mpigd: error: --lr must be > 0" in p.read_text() for p in logs), logs
+    runs = re.findall(r"^run p\d+: job (\d+)", proc.stdout, re.M)
+    assert len(runs) == 2
+    assert not cluster.run("squeue", "-h", "-j", ",".join(runs), "-o", "%i", check=False).stdout.strip()
+    if len(logs) == 1:
+        assert "cancelled the sweep's jobs still queued or running" in proc.stderr, proc.stderr
