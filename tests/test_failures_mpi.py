@@ -91,3 +91,20 @@ def test_diverging_lr_stops_with_advice(problem, tmp_path):
     run = mpirun(2, "--data", path, "--lr", 0.5, "--iters", 100, out=str(tmp_path / "r"))
     assert_one_clean_error(run, "diverged", "--lr auto")
     assert os.path.exists(tmp_path / "r" / "history-diverged.csv")
+
+
+def test_bad_kernel_choice_is_one_message(problem, tmp_path):
+    # Every rank reads MPIGD_KERNEL: the error must be agreed, not one abort per rank.
+    run = mpirun(2, "--data", problem[2], "--iters", 2, out=str(tmp_path / "run"),
+                 env={"MPIGD_KERNEL": "bogus"})
+    assert_one_clean_error(run, "MPIGD_KERNEL must be one of auto, blas, numba")
+    assert "MPI_Abort" not in run.stderr + run.stdout, run
+
+
+def test_dedicated_server_with_the_numba_kernel(problem, tmp_path):
+    # The server holds no rows (an empty shard for the fused kernel) and records the kernel.
+    pytest.importorskip("numba")
+    run = mpirun(3, "--data", problem[2], "--iters", 2, "--dedicated-server", "--quiet",
+                 out=str(tmp_path / "run"), env={"MPIGD_KERNEL": "numba"})
+    assert run.returncode == 0, run
+    assert run.result["kernel"]["name"] == "numba"

@@ -16,7 +16,7 @@ from . import __version__, checkpoint, data, faults, report, synthetic, trace
 from .comm import agreed
 from .config import parse_straggler
 from .errors import MpigdError
-from .objective import LeastSquaresShard
+from .objective import LeastSquaresShard, choose_kernel
 from .signals import StopRequest, Terminated, on_sigterm
 from .solver import StopRules, estimate_lmax, gradient_descent, peer_to_peer_descent
 from .standardize import prepare
@@ -167,7 +167,12 @@ def _train(config, comm, run_dir, resume, straggle_s, stop):
                              f"{config.iters}; resume with a larger --iters", collective=True)
 
     transform = prepare(comm, X, y, info.rows, config.intercept, config.standardize)
-    shard = LeastSquaresShard(X, y)
+    # One kernel for the whole job, chosen for the largest worker shard: a per-rank choice
+    # could differ between ranks, and a dedicated server (no rows) would record the wrong one.
+    workers = size - 1 if config.dedicated_server else size
+    largest = -(-info.rows // workers) * X.shape[1] * X.itemsize
+    with agreed(comm, "preparing the gradient kernel"):
+        shard = LeastSquaresShard(X, y, kernel=choose_kernel(largest))
 
     if resume is not None:
         lr, lmax, power_steps = resume.lr, resume.lambda_max, resume.power_iterations
