@@ -418,7 +418,7 @@ def _(tmp_path, problem):
     crashed_run_with_checkpoint(path, out)
     X[500, 3] += 1e-9  # one value, same shape
     write_h5(path, X, y)
-    return ["--resume", out], ["content checksum", "same data, or start a new run"]
+    return ["--resume", out], ["same shape and dtype", "other values", "content checksum", "original data"]
 
 
 @case("resume: no checkpoint")

@@ -136,10 +136,17 @@ def check_fingerprint(saved, current, run_dir):
 
     Collective: both fingerprints are the same on every rank, so every rank raises.
     """
-    for key, what in (("features", "features"), ("rows", "rows"), ("dtype", "compute dtype"),
-                      ("checksum", "content checksum")):
+    for key, what in (("features", "features"), ("rows", "rows"), ("dtype", "compute dtype")):
         if saved.get(key) != current.get(key):
             raise MpigdError(
                 f"cannot resume {run_dir}: its checkpoint was made from data with {what} "
                 f"{saved.get(key)}, but the data now has {current.get(key)}; resume with the "
                 "same data, or start a new run", collective=True)
+    if saved.get("checksum") != current.get("checksum"):
+        # Same shape and dtype, other values: say so plainly; the checksums only identify them.
+        raise MpigdError(
+            f"cannot resume {run_dir}: the data has the same shape and dtype as when the "
+            "checkpoint was made, but other values (content checksum "
+            f"{saved.get('checksum')} then, {current.get('checksum')} now): was the file "
+            "regenerated or edited? Resume with the original data, or start a new run",
+            collective=True)
