@@ -174,6 +174,12 @@ if [[ $state != COMPLETED ]]; then
     left=$(squeue -h -j "${deps//:/,}" -o %i 2> /dev/null | sort -u | tr '\n' ' ' || true)
     if [[ -n ${left// /} ]]; then
         scancel "${run_ids[@]}" 2> /dev/null || true
+        # scancel returns before the jobs have left the queue (a running one gets SIGTERM,
+        # then KillWait); wait, bounded, so that our exit means nothing of the sweep is left.
+        for _ in $(seq 120); do
+            squeue -h -j "${deps//:/,}" -o %i 2> /dev/null | grep -q . || break
+            sleep 0.5
+        done
         echo "submit_scaling.sh: cancelled the sweep's jobs still queued or running: $left" >&2
     fi
     echo "submit_scaling.sh: the collector job $id ended ${state:-in an unknown state}" \
