@@ -155,6 +155,15 @@ def inspect(h5file, x_name, y_name):
     )
 
 
+def compute_dtype(stored, requested="auto"):
+    """The dtype a shard is computed in: --dtype, or for auto the file's float type.
+
+    Other number types (integers, float16) are computed in float64.
+    """
+    dtype = np.dtype(stored if requested == "auto" else requested)
+    return dtype if dtype.name in ("float32", "float64") else np.dtype(np.float64)
+
+
 def read_shard(h5file, info, lo, hi, dtype):
     """Read rows [lo, hi) of X and y into fresh arrays of `dtype`, and nothing else.
 

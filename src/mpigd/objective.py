@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from .data import block_range
 from .errors import MpigdError
 
 # A block of rows should fit in a core's L2 cache together with its residual; measured
@@ -47,6 +48,17 @@ def choose_kernel(nbytes, requested=None):
     if requested == "auto":
         return "numba" if nbytes >= NUMBA_MIN_BYTES and numba_available() else "blas"
     return requested
+
+
+def job_kernel(rows, features, itemsize, workers, requested=None):
+    """The one kernel for a whole job: the choice for its largest worker shard.
+
+    Every rank (and every run of a sweep) must use the same kernel: chosen per shard, ranks
+    whose shards straddle the threshold would differ, a dedicated server (no rows) would
+    record the wrong one, and a strong sweep would switch kernels as shards shrink.
+    """
+    lo, hi = block_range(rows, workers, 0)  # block 0 is the largest of a balanced split
+    return choose_kernel((hi - lo) * features * itemsize, requested)
 
 
 class LeastSquaresShard:

@@ -266,28 +266,27 @@ def sweep(args, say=_say):
 
 
 def _one_kernel(path, workers, train_args):
-    """The gradient kernel for all runs of the sweep, chosen for the baseline's shard.
+    """The gradient kernel for all runs of the sweep: the baseline run's (objective.job_kernel).
 
-    MPIGD_KERNEL=auto picks per shard size, so a strong sweep would switch from numba at
+    MPIGD_KERNEL=auto picks by shard size, so a strong sweep would switch from numba at
     1 rank to BLAS at m ranks and measure the kernels' difference as if it were scaling.
     """
     import h5py
 
-    from .objective import choose_kernel
+    from .cli import build_parser
+    from .config import TrainConfig
+    from .data import compute_dtype
+    from .objective import choose_kernel, job_kernel
 
-    name = "X"
-    for i, option in enumerate(train_args):
-        if option.startswith("--x-dataset="):
-            name = option.split("=", 1)[1]
-        elif option == "--x-dataset" and i + 1 < len(train_args):
-            name = train_args[i + 1]
-    try:
+    defaults = TrainConfig()
+    try:  # the dataset and dtype the runs will use, read with the trainer's own parser
+        options, _ = build_parser().parse_known_args(["train", *train_args])
         with h5py.File(path, "r") as f:
-            X = f[name]
-            shard_bytes = X.shape[0] * X.shape[1] * X.dtype.itemsize // max(1, workers)
-    except (OSError, KeyError, AttributeError, IndexError, TypeError):
-        shard_bytes = 0  # a bad file or name: the first run says what is wrong, once
-    return choose_kernel(shard_bytes)
+            X = f[getattr(options, "x_dataset", defaults.x_dataset)]  # unset options are absent
+            dtype = compute_dtype(X.dtype, getattr(options, "dtype", defaults.dtype))
+            return job_kernel(X.shape[0], X.shape[1], dtype.itemsize, workers)
+    except (MpigdError, OSError, KeyError, AttributeError, IndexError, TypeError):
+        return choose_kernel(0)  # bad options or data: the first run says what is wrong, once
 
 
 def _check_plan(out, plan):

@@ -16,7 +16,7 @@ from . import __version__, checkpoint, data, faults, report, synthetic, trace
 from .comm import agreed
 from .config import parse_straggler
 from .errors import MpigdError
-from .objective import LeastSquaresShard, choose_kernel
+from .objective import LeastSquaresShard, job_kernel
 from .signals import StopRequest, Terminated, on_sigterm
 from .solver import StopRules, estimate_lmax, gradient_descent, peer_to_peer_descent
 from .standardize import prepare
@@ -132,9 +132,7 @@ def _load(config, comm, data_path):
                 most = info.rows + (size - workers)
                 raise MpigdError(f"{info.rows} rows cannot be shared by {workers} workers; "
                                  f"start fewer ranks (`mpirun -n {most}` at most) or use more data")
-            dtype = np.dtype(info.x_dtype if config.dtype == "auto" else config.dtype)
-            if dtype.name not in ("float32", "float64"):
-                dtype = np.dtype(np.float64)  # integers and float16 are computed in float64
+            dtype = data.compute_dtype(info.x_dtype, config.dtype)
             lo, hi = data.shard_rows(info.rows, size, rank, config.dedicated_server)
             X, y = data.read_shard(h5file, info, lo, hi, dtype)
             if fault and fault[0] == "load":
@@ -167,12 +165,9 @@ def _train(config, comm, run_dir, resume, straggle_s, stop):
                              f"{config.iters}; resume with a larger --iters", collective=True)
 
     transform = prepare(comm, X, y, info.rows, config.intercept, config.standardize)
-    # One kernel for the whole job, chosen for the largest worker shard: a per-rank choice
-    # could differ between ranks, and a dedicated server (no rows) would record the wrong one.
     workers = size - 1 if config.dedicated_server else size
-    largest = -(-info.rows // workers) * X.shape[1] * X.itemsize
     with agreed(comm, "preparing the gradient kernel"):
-        shard = LeastSquaresShard(X, y, kernel=choose_kernel(largest))
+        shard = LeastSquaresShard(X, y, kernel=job_kernel(info.rows, X.shape[1], X.itemsize, workers))
 
     if resume is not None:
         lr, lmax, power_steps = resume.lr, resume.lambda_max, resume.power_iterations
