@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,6 @@ import time
 import numpy as np
 
 from . import probe
-from .errors import MpigdError
 from .objective import LeastSquaresShard, numba_available
 
 RSS_FACTOR, RSS_EXTRA_MB = 1.15, 150      # issue 3: peak RSS <= 1.15 x shard + 150 MB
@@ -166,16 +164,18 @@ def clock_cost_s(comm, iterations=100_000):
 # ---------------------------------------------------------------- runs of the trainer
 
 def _mpirun(ranks, *args, timeout, env=None):
+    """(stdout, wall seconds) of `mpirun -n ranks python -m mpigd ARGS`.
+
+    Through sweep.run_job: a job past its timeout is killed with all its ranks, and a
+    failure raises once, with its stderr.
+    """
     from .launch import mpi_command
+    from .sweep import run_job
 
     started = time.perf_counter()
-    proc = subprocess.run(mpi_command(ranks, *args), capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
-    seconds = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise MpigdError(f"`mpirun -n {ranks} python -m mpigd {' '.join(map(str, args))}` failed "
-                           f"({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc, seconds
+    stdout = run_job(mpi_command(ranks, *args), timeout, f"`mpirun -n {ranks} python -m mpigd "
+                     f"{' '.join(map(str, args))}`", env=env)
+    return stdout, time.perf_counter() - started
 
 
 def _train(ranks, data, out, iters, timeout):
@@ -288,9 +288,9 @@ def run(comm, rows_mb, features, dtypes, repeat, comm_iters=2000, train_iters=50
 
 def _comm_subprocess(features, iterations, repeat, timeout):
     """The comm part on 2 ranks, for a bench started without mpirun."""
-    proc, _ = _mpirun(2, "bench", "--part", "comm", "--features", features, "--comm-iters",
+    stdout, _ = _mpirun(2, "bench", "--part", "comm", "--features", features, "--comm-iters",
                       iterations, "--repeat", repeat, "--json", timeout=timeout)
-    return json.loads(proc.stdout)["comm"]
+    return json.loads(stdout)["comm"]
 
 
 def run_comm_only(comm, features, iterations, repeat):
