@@ -90,14 +90,12 @@ data_for() {
     local n=$1 total=$rows
     if [[ -n $data ]]; then echo "$(cd "$(dirname "$data")" && pwd)/$(basename "$data")"; return; fi
     [[ $mode == weak ]] && total=$((rows * n))
-    local file="$out/data/synthetic-${total}x${features}-seed${seed}.h5"
-    if [[ ! -f $file ]]; then
-        # Written under a temporary name: an interrupted generation is never reused.
-        python -m mpigd generate --rows "$total" --features "$features" --seed "$seed" \
-            --out "$file.tmp" > /dev/null
-        mv "$file.tmp" "$file"
-        echo "data: generated $file" >&2
-    fi
+    # --out-dir names the file as every mpigd command does and reuses a complete one; the
+    # file appears atomically, so an interrupted generation is never reused.
+    local file
+    file=$(python -m mpigd generate --rows "$total" --features "$features" --seed "$seed" \
+               --out-dir "$out/data") || fail "generating the data for $n ranks failed"
+    echo "data: $file" >&2
     echo "$file"
 }
 

@@ -13,18 +13,12 @@ next collective forever. This entry point gives the same guarantee itself:
 import sys
 import traceback
 
-from .errors import MpigdError, world_rank
+from .cli import main as cli_main
+from .errors import ExitCode, MpigdError, world_rank, world_size
 
 
-def _mpi_world_size():
-    mpi = sys.modules.get("mpi4py.MPI")
-    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
-        return mpi.COMM_WORLD.Get_size()
-    return 1
-
-
-def _abort_job(code):
-    if _mpi_world_size() > 1:
+def _abort_job(code: int) -> int:
+    if world_size() > 1:
         sys.stderr.flush()
         sys.stdout.flush()
         from .comm import abort
@@ -33,18 +27,16 @@ def _abort_job(code):
     return code
 
 
-def run(argv=None):
-    from .cli import main as cli_main
-
+def guarded_main(argv: list[str] | None = None) -> int:
     try:
         return cli_main(argv)
     except MpigdError as exc:
-        if exc.collective or _mpi_world_size() == 1:
+        if exc.collective or world_size() == 1:
             if world_rank() == 0:
                 print(f"mpigd: error: {exc}", file=sys.stderr, flush=True)
-            return getattr(exc, "exit_code", 2)
+            return exc.exit_code
         print(f"mpigd: error on rank {world_rank()}: {exc}", file=sys.stderr, flush=True)
-        return _abort_job(2)
+        return _abort_job(exc.exit_code)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         return code if code == 0 else _abort_job(code)
@@ -59,11 +51,11 @@ def run(argv=None):
         print(f"mpigd: unexpected error on rank {world_rank()} (this is a bug in mpigd or "
               "its environment; the job is being aborted):", file=sys.stderr)
         traceback.print_exc()
-        return _abort_job(1)
+        return _abort_job(ExitCode.BUG)
 
 
-def main(argv=None):
-    sys.exit(run(argv))
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(guarded_main(argv))
 
 
 if __name__ == "__main__":

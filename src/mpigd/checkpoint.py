@@ -12,15 +12,17 @@ gradient at w_t depends only on w_t, the data and the partition.
 
 import json
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
 from mpi4py import MPI
 
-from . import __version__
+from . import __version__, rundir
 from .errors import MpigdError
+from .stepsize import StepSize
 
-FILE = "checkpoint.h5"
+FILE = rundir.CHECKPOINT
 
 # Position weights for the data checksum: an odd 64-bit constant (the golden ratio's) makes
 # swapped or shifted values change the sum.
@@ -40,7 +42,7 @@ def _weighted_sum(values, first_index):
     return total
 
 
-def data_checksum(comm, X, y, first_row):
+def data_checksum(comm, X: np.ndarray, y: np.ndarray, first_row: int) -> int:
     """Collective. A 64-bit checksum of the data as loaded, independent of the partition.
 
     Integer addition modulo 2^64 is associative, so any split of the rows over any number
@@ -62,57 +64,67 @@ class Checkpoint:
     w: np.ndarray            # in training units (after --standardize / --intercept)
     loss: np.ndarray         # history of iterations 0 .. iteration-1
     grad_norm: np.ndarray
-    lr: float
-    lambda_max: float | None
-    power_iterations: int | None
+    step: StepSize
     config: dict
     fingerprint: dict        # rows, features, dtype, checksum
     ranks: int
 
 
-def save(run_dir, state):
-    """Atomically write `state` (a Checkpoint) to run_dir/checkpoint.h5."""
+def save(run_dir: str, state: Checkpoint) -> str:
+    """Atomically write `state` to run_dir/checkpoint.h5."""
     import h5py
 
-    path = os.path.join(run_dir, FILE)
-    partial = f"{path}.partial-{os.getpid()}"
-    try:
+    def write(partial):
         with h5py.File(partial, "w") as f:
             f.create_dataset("w", data=state.w)
             f.create_dataset("loss", data=state.loss)
             f.create_dataset("grad_norm", data=state.grad_norm)
             f.attrs["iteration"] = state.iteration
-            f.attrs["lr"] = state.lr
+            f.attrs["lr"] = state.step.lr
             f.attrs["meta"] = json.dumps({
-                "version": __version__, "lambda_max": state.lambda_max,
-                "power_iterations": state.power_iterations, "config": state.config,
+                "version": __version__, "lambda_max": state.step.lambda_max,
+                "power_iterations": state.step.power_iterations, "config": state.config,
                 "fingerprint": state.fingerprint, "ranks": state.ranks,
             })
-        descriptor = os.open(partial, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        os.replace(partial, path)
-        directory = os.open(run_dir, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # make the rename itself durable
-        finally:
-            os.close(directory)
-    except BaseException:
-        if os.path.exists(partial):
-            os.remove(partial)
-        raise
-    return path
+
+    return rundir.atomic_write(os.path.join(run_dir, FILE), write)
 
 
-def load(run_dir):
+@dataclass
+class Saver:
+    """Rank 0's checkpoints of one run: what they all share, and how many were written."""
+
+    run_dir: str
+    step: StepSize
+    config: dict
+    fingerprint: dict
+    ranks: int
+    every: int                 # --checkpoint-every; 0 = only on SIGTERM
+    count: int = 0
+    seconds: float = 0.0
+
+    def due(self, t: int) -> bool:
+        """True after iteration t when a periodic checkpoint is asked for."""
+        return bool(self.every) and (t + 1) % self.every == 0
+
+    def save(self, iteration: int, w: np.ndarray, loss: np.ndarray, grad_norm: np.ndarray) -> str:
+        """Write w_iteration and the history before it; counted and timed for result.json."""
+        began = time.perf_counter()
+        path = save(self.run_dir, Checkpoint(
+            iteration=iteration, w=w.copy(), loss=loss, grad_norm=grad_norm, step=self.step,
+            config=self.config, fingerprint=self.fingerprint, ranks=self.ranks))
+        self.count += 1
+        self.seconds += time.perf_counter() - began
+        return path
+
+
+def load(run_dir: str) -> Checkpoint:
     """Read run_dir/checkpoint.h5, with a message saying what to do when it is not there."""
     import h5py
 
     path = os.path.join(run_dir, FILE)
     if not os.path.exists(path):
-        if os.path.exists(os.path.join(run_dir, "result.json")):
+        if os.path.exists(os.path.join(run_dir, rundir.RESULT)):
             raise MpigdError(f"{run_dir} holds a finished run (result.json) and no checkpoint; "
                              "nothing to resume")
         raise MpigdError(f"no checkpoint in {run_dir} ({FILE} missing); a run writes one with "
@@ -122,8 +134,9 @@ def load(run_dir):
             meta = json.loads(f.attrs["meta"])
             return Checkpoint(
                 iteration=int(f.attrs["iteration"]), w=f["w"][()], loss=f["loss"][()],
-                grad_norm=f["grad_norm"][()], lr=float(f.attrs["lr"]),
-                lambda_max=meta["lambda_max"], power_iterations=meta["power_iterations"],
+                grad_norm=f["grad_norm"][()],
+                step=StepSize(lr=float(f.attrs["lr"]), lambda_max=meta["lambda_max"],
+                              power_iterations=meta["power_iterations"]),
                 config=meta["config"], fingerprint=meta["fingerprint"], ranks=meta["ranks"],
             )
     except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
@@ -131,7 +144,7 @@ def load(run_dir):
                          "checkpoint: start a new run (another --out, or delete it)") from None
 
 
-def check_fingerprint(saved, current, run_dir):
+def check_fingerprint(saved: dict, current: dict, run_dir: str) -> None:
     """Refuse to resume on data other than the data the checkpoint was made from.
 
     Collective: both fingerprints are the same on every rank, so every rank raises.

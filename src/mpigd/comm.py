@@ -1,6 +1,7 @@
-"""The MPI layer: collective agreement on errors, and aborting the whole job.
+"""The MPI layer: collective agreement on errors, text through buffers, aborting the job.
 
-Only buffer-based (uppercase) mpi4py calls are used: no pickling on any path.
+Only buffer-based (uppercase) mpi4py calls are used: no pickling on any path. Text
+(an error message, a host name) travels as a zero-padded uint8 buffer.
 """
 
 from contextlib import contextmanager
@@ -8,17 +9,37 @@ from contextlib import contextmanager
 import numpy as np
 from mpi4py import MPI
 
-from .errors import MpigdError
+from .errors import ExitCode, MpigdError
 
 MESSAGE_BYTES = 4096
+HOST_BYTES = 64
 
 
-def agree(comm, error):
+def _encode(text: str, width: int) -> np.ndarray:
+    buffer = np.zeros(width, dtype=np.uint8)
+    raw = text.encode("utf-8", "replace")[: width - 1]
+    buffer[: len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    return buffer
+
+
+def _decode(buffer: np.ndarray) -> str:
+    end = int(np.argmin(buffer)) if (buffer == 0).any() else buffer.size
+    return bytes(buffer[:end]).decode("utf-8", "replace")
+
+
+def gather_text(comm, text: str, width: int = HOST_BYTES) -> list[str] | None:
+    """Collective: every rank's `text` (cut to width-1 bytes), in rank order, on rank 0."""
+    table = np.empty((comm.size, width), dtype=np.uint8) if comm.rank == 0 else None
+    comm.Gather(_encode(text, width), table, root=0)
+    return None if table is None else [_decode(row) for row in table]
+
+
+def agree(comm, error: str | None, exit_code: int = ExitCode.USAGE) -> None:
     """Collective. If any rank passes an error message, every rank raises it.
 
-    The lowest failing rank's message wins, prefixed with its rank, so a failure seen
-    by one rank (a file it cannot open, a NaN in its rows) ends all ranks together with
-    one message instead of leaving the others blocked in the next collective.
+    The lowest failing rank's message (and exit code) wins, prefixed with its rank, so a
+    failure seen by one rank (a file it cannot open, a NaN in its rows) ends all ranks
+    together with one message instead of leaving the others blocked in the next collective.
     """
     mine = np.array([comm.rank if error is not None else comm.size], dtype=np.int64)
     first = np.empty(1, dtype=np.int64)
@@ -26,33 +47,32 @@ def agree(comm, error):
     failing = int(first[0])
     if failing == comm.size:
         return
-    buffer = np.zeros(MESSAGE_BYTES, dtype=np.uint8)
-    if comm.rank == failing:
-        text = str(error).encode("utf-8", "replace")[: MESSAGE_BYTES - 1]
-        buffer[: len(text)] = np.frombuffer(text, dtype=np.uint8)
+    buffer = _encode(str(error), MESSAGE_BYTES) if comm.rank == failing else \
+        np.zeros(MESSAGE_BYTES, dtype=np.uint8)
+    code = np.array([exit_code], dtype=np.int64)
     comm.Bcast(buffer, root=failing)
-    text = bytes(buffer[: int(np.argmin(buffer))]).decode("utf-8", "replace")
+    comm.Bcast(code, root=failing)
     where = f"rank {failing}: " if comm.size > 1 else ""
-    raise MpigdError(where + text, collective=True)
+    raise MpigdError(where + _decode(buffer), collective=True, exit_code=int(code[0]))
 
 
 @contextmanager
-def agreed(comm, doing):
+def agreed(comm, doing: str):
     """Run a block that may fail on some ranks only; afterwards all ranks agree.
 
     Usage: `with agreed(comm, "reading the data"): ...`. Every rank must enter it.
     """
-    error = None
+    error, code = None, ExitCode.USAGE
     try:
         yield
     except MpigdError as exc:
-        error = str(exc)
+        error, code = str(exc), exc.exit_code
     except Exception as exc:  # noqa: BLE001 - any failure here must be agreed, not hang
         error = f"{doing} failed: {type(exc).__name__}: {exc}"
-    agree(comm, error)
+    agree(comm, error, code)
 
 
-def abort(code):
+def abort(code: int) -> None:
     """End every rank of the job now (used for unexpected errors on one rank)."""
     if MPI.Is_initialized() and not MPI.Is_finalized():
         MPI.COMM_WORLD.Abort(code)

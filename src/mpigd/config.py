@@ -5,8 +5,11 @@ what would be accepted. Nothing from a file or the command line is ever evaluate
 """
 
 import math
+import os
 import sys
 from dataclasses import asdict, dataclass, fields
+from enum import Enum
+from typing import Literal, NamedTuple
 
 from .errors import MpigdError
 
@@ -16,13 +19,36 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+class Mode(str, Enum):
+    """Who updates w: the server (Bcast + Reduce through rank 0) or every rank (Allreduce)."""
+
+    SERVER = "server"
+    ALLREDUCE = "allreduce"
+
+
+class Straggler(NamedTuple):
+    """`--straggler RANK:SECONDS`: sleep added to RANK's compute every iteration."""
+
+    rank: int
+    seconds: float
+
+    def __str__(self) -> str:
+        # "1:0" stays "1:0" (result.json and checkpoints keep the option as it was typed)
+        short = format(self.seconds, "g")
+        return f"{self.rank}:{short if float(short) == self.seconds else repr(self.seconds)}"
+
+
+KERNELS = ("auto", "blas", "numba")
+KERNEL_VARIABLE = "MPIGD_KERNEL"  # the kernel's default when --kernel is not given
+
+
 @dataclass
 class TrainConfig:
     data: str | None = None          # HDF5 input; None = the embedded synthetic default
     x_dataset: str = "X"
     y_dataset: str = "y"
     iters: int = 200                 # maximum number of updates
-    lr: str | float = "auto"         # step size, or "auto" = 1 / lambda_max(X^T X)
+    lr: float | Literal["auto"] = "auto"  # step size, or "auto" = 1 / lambda_max(X^T X)
     tol: float = 1e-6                # stop when ||g_t|| <= tol * ||g_0||; 0 = never
     out: str | None = None           # run directory; None = runs/<timestamp>
     force: bool = False              # allow replacing a previous result in `out`
@@ -31,35 +57,40 @@ class TrainConfig:
     standardize: bool = False
     intercept: bool = False
     threads: int | None = None       # BLAS threads per rank; None = 1 when ranks > 1
-    straggler: str | None = None     # "RANK:SECONDS" of sleep added to RANK's compute
+    straggler: Straggler | None = None  # sleep added to one rank's compute ("RANK:SECONDS")
     seed: int = 0                    # start vector of the power iteration for --lr auto
     quiet: bool = False
-    mode: str = "server"             # server (Bcast/Reduce) or allreduce (peer to peer)
+    mode: Mode = Mode.SERVER         # server (Bcast/Reduce) or allreduce (peer to peer)
     trace: bool = False              # write trace.json (Chrome trace events)
     checkpoint_every: int = 0        # write checkpoint.h5 every K iterations; 0 = never
+    kernel: str | None = None        # auto, blas or numba; None = $MPIGD_KERNEL, else auto
 
-    def to_dict(self):
-        return asdict(self)
+    def to_dict(self) -> dict:
+        """Plain JSON/HDF5-attribute values, as the options are spelled on the command line."""
+        settings = asdict(self)
+        settings["mode"] = Mode(self.mode).value
+        settings["straggler"] = None if self.straggler is None else str(self.straggler)
+        return settings
 
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
 _BOOLEAN = {"force", "dedicated_server", "standardize", "intercept", "quiet", "trace"}
 _INTEGER = {"iters", "threads", "seed", "checkpoint_every"}
 _FLOAT = {"tol"}
-_STRING = {"data", "x_dataset", "y_dataset", "out", "dtype", "straggler", "mode"}
+_STRING = {"data", "x_dataset", "y_dataset", "out", "dtype", "straggler", "mode", "kernel"}
 # What a resumed run may change: everything else would make it a different computation.
 # StopRules and the phase clocks hold (iters x phases) arrays on every rank: a typo like
 # --iters 1e12 must be refused, not met with a MemoryError. Longer runs chain --resume.
 MAX_ITERS = 10**7
 RESUME_OVERRIDABLE = {"iters", "tol", "quiet", "threads", "straggler", "trace",
-                      "checkpoint_every", "mode", "dedicated_server", "force"}
+                      "checkpoint_every", "mode", "dedicated_server", "force", "kernel"}
 
 
 def _option(name):
     return "--" + name.replace("_", "-")
 
 
-def load_file(path):
+def load_file(path: str) -> dict:
     """Settings from a TOML file; keys are option names (dashes or underscores)."""
     try:
         with open(path, "rb") as handle:
@@ -96,7 +127,7 @@ def _typed(name, value, where):
     return value
 
 
-def build(file_settings, cli_settings):
+def build(file_settings: dict, cli_settings: dict) -> TrainConfig:
     """Defaults < file < command line, then validated."""
     merged = TrainConfig().to_dict()
     merged.update(file_settings)
@@ -104,7 +135,7 @@ def build(file_settings, cli_settings):
     return validate(TrainConfig(**merged))
 
 
-def for_resume(saved, cli_settings):
+def for_resume(saved: dict, cli_settings: dict) -> TrainConfig:
     """The config of a resumed run: the checkpoint's, with the few allowed overrides."""
     before = validate(TrainConfig(**{name: saved[name] for name in FIELDS if name in saved}))
     after = validate(TrainConfig(**{**before.to_dict(), **cli_settings}))
@@ -129,18 +160,31 @@ def _number(text, option, cast=float, hint=""):
     return value
 
 
-def parse_straggler(text):
-    """'RANK:SECONDS' -> (rank, seconds)."""
+def parse_straggler(text: "str | Straggler") -> Straggler:
+    """'RANK:SECONDS' -> Straggler(rank, seconds)."""
+    if isinstance(text, Straggler):
+        return text
     rank, sep, seconds = str(text).partition(":")
     if not sep or not rank.strip().isdigit():
         raise MpigdError(f"--straggler must look like RANK:SECONDS, e.g. 1:0.05; got {text!r}")
     delay = _number(seconds, "--straggler SECONDS")
     if delay < 0:
         raise MpigdError(f"--straggler SECONDS must be >= 0, got {seconds!r}")
-    return int(rank), delay
+    return Straggler(int(rank), delay)
 
 
-def validate(config):
+def kernel_setting(requested: str | None) -> str:
+    """--kernel, else $MPIGD_KERNEL, else auto: the one place the variable is read."""
+    source = "--kernel"
+    if requested is None:
+        requested, source = os.environ.get(KERNEL_VARIABLE) or "auto", KERNEL_VARIABLE
+    kernel = requested.strip().lower()
+    if kernel not in KERNELS:
+        raise MpigdError(f"{source} must be one of {', '.join(KERNELS)}; got {requested!r}")
+    return kernel
+
+
+def validate(config: TrainConfig) -> TrainConfig:
     if config.lr != "auto":
         config.lr = _number(config.lr, "--lr", hint=" (or auto)")
         if config.lr <= 0:
@@ -162,14 +206,16 @@ def validate(config):
     config.checkpoint_every = _number(config.checkpoint_every, "--checkpoint-every", int)
     if config.checkpoint_every < 0:
         raise MpigdError(f"--checkpoint-every must be >= 0 (0 = never), got {config.checkpoint_every}")
-    if config.mode not in ("server", "allreduce"):
+    if config.mode not in tuple(Mode):
         raise MpigdError(f"--mode must be server or allreduce, got {config.mode!r}")
-    if config.dedicated_server and config.mode == "allreduce":
+    config.mode = Mode(config.mode)
+    if config.dedicated_server and config.mode is Mode.ALLREDUCE:
         raise MpigdError("--dedicated-server needs --mode server: with allreduce there is no server")
     if config.dtype not in ("auto", "float64", "float32"):
         raise MpigdError(f"--dtype must be auto, float64 or float32, got {config.dtype!r}")
     if config.straggler is not None:
-        parse_straggler(config.straggler)
+        config.straggler = parse_straggler(config.straggler)
+    config.kernel = kernel_setting(config.kernel)
     for name in ("x_dataset", "y_dataset"):
         if not getattr(config, name):
             raise MpigdError(f"{_option(name)} must not be empty")

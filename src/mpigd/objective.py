@@ -10,11 +10,11 @@ With numba installed (`pip install '.[fast]'`) a fused one-pass kernel (fused.py
 the same work faster; MPIGD_KERNEL=blas|numba|auto chooses (see `choose_kernel`).
 """
 
-import os
 import time
 
 import numpy as np
 
+from .config import kernel_setting
 from .data import block_range
 from .errors import MpigdError
 
@@ -22,14 +22,13 @@ from .errors import MpigdError
 # on this machine's 1e6 x 100 float64 shard, 128-512 KB blocks were all within 5 %.
 BLOCK_BYTES = 256 << 10
 
-KERNELS = ("auto", "blas", "numba")
 # `auto` takes numba only for shards at least this big: below, importing numba and loading
 # its cached code (~0.6 s, ~2 s when it must compile) costs more than it saves over a
 # typical run (docs/benchmarks.md has the measurement).
 NUMBA_MIN_BYTES = 256 << 20
 
 
-def numba_available():
+def numba_available() -> bool:
     try:
         import numba  # noqa: F401
     except ImportError:
@@ -37,20 +36,19 @@ def numba_available():
     return True
 
 
-def choose_kernel(nbytes, requested=None):
-    """'blas' or 'numba' for a shard of `nbytes`, as MPIGD_KERNEL (or `requested`) asks."""
-    requested = (requested or os.environ.get("MPIGD_KERNEL") or "auto").strip().lower()
-    if requested not in KERNELS:
-        raise MpigdError(f"MPIGD_KERNEL must be one of {', '.join(KERNELS)}; got {requested!r}")
+def choose_kernel(nbytes: int, requested: str | None = None) -> str:
+    """'blas' or 'numba' for a shard of `nbytes`: `requested` (--kernel), else MPIGD_KERNEL."""
+    requested = kernel_setting(requested)
     if requested == "numba" and not numba_available():
-        raise MpigdError("MPIGD_KERNEL=numba but numba is not installed; "
-                         "`pip install '.[fast]'` (or numba), or use MPIGD_KERNEL=blas")
+        raise MpigdError("the numba kernel was asked for (--kernel or MPIGD_KERNEL) but numba is "
+                         "not installed; `pip install '.[fast]'` (or numba), or use the blas kernel")
     if requested == "auto":
         return "numba" if nbytes >= NUMBA_MIN_BYTES and numba_available() else "blas"
     return requested
 
 
-def job_kernel(rows, features, itemsize, workers, requested=None):
+def job_kernel(rows: int, features: int, itemsize: int, workers: int,
+               requested: str | None = None) -> str:
     """The one kernel for a whole job: the choice for its largest worker shard.
 
     Every rank (and every run of a sweep) must use the same kernel: chosen per shard, ranks

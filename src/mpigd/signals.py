@@ -8,9 +8,9 @@ iteration boundary, where a checkpoint can be written.
 
 import signal
 
-from .errors import MpigdError
+from .errors import ExitCode, MpigdError
 
-EXIT_CODE = 128 + signal.SIGTERM  # what a shell reports for a job ended by SIGTERM
+EXIT_CODE = ExitCode.TERMINATED  # 128 + SIGTERM: what a shell reports for a job ended by SIGTERM
 
 
 class StopRequest:
@@ -23,9 +23,8 @@ class StopRequest:
 class Terminated(MpigdError):
     """Raised on every rank after a clean stop on SIGTERM."""
 
-    def __init__(self, message):
-        super().__init__(message, collective=True)
-        self.exit_code = EXIT_CODE
+    def __init__(self, message: str) -> None:
+        super().__init__(message, collective=True, exit_code=EXIT_CODE)
 
 
 class on_sigterm:

@@ -6,24 +6,40 @@
     Reduce(SUM) ◀───────────────────── [g_k, loss_k, stop_k] packed, one message
     w_t+1 = w_t - lr * g                (update)
 
-The server's stop decision rides on the next broadcast (one extra slot in the buffer),
-and a rank's request to stop (it got SIGTERM) rides on the Reduce, so neither costs an
-extra collective. `peer_to_peer_descent` is the lecture's other architecture: every rank
-Allreduces the gradient and updates its own copy of w, with no server.
+The server's stop decision (the Outcome) rides on the next broadcast (one extra slot in
+the buffer), and a rank's request to stop (it got SIGTERM) rides on the Reduce, so
+neither costs an extra collective, and every rank returns the same Outcome.
+`peer_to_peer_descent` is the lecture's other architecture: every rank Allreduces the
+gradient and updates its own copy of w, with no server.
 """
 
 import math
 import time
 from dataclasses import dataclass
+from enum import IntEnum
 
 import numpy as np
 from mpi4py import MPI
 
-from .errors import MpigdError
 from .signals import StopRequest
 from .timing import PhaseClock
 
-CONTINUE, STOP, DIVERGED = 0.0, 1.0, 2.0
+
+class Outcome(IntEnum):
+    """How a loop ended; its value travels in the control slot of the Bcast buffer."""
+
+    CONVERGED = 1    # ||g_t|| <= tol ||g_0||
+    MAX_ITERS = 2    # --iters updates done
+    DIVERGED = 3     # the loss or |g| is not finite, or the loss kept growing
+    TERMINATED = 4   # some rank received SIGTERM: stopped at this iteration boundary
+
+    @property
+    def reason(self) -> str:
+        """The stop_reason of result.json."""
+        return self.name.lower()
+
+
+CONTINUE = 0.0  # the control slot while the loop goes on
 
 # Divergence: the loss grew by more than this relative margin for this many iterations
 # in a row. The margin keeps rounding noise near convergence from counting as growth.
@@ -38,60 +54,69 @@ class StopRules:
     history of the earlier iterations.
     """
 
-    def __init__(self, max_iters, tol, start=0, loss=(), grad_norm=()):
+    def __init__(self, max_iters: int, tol: float, start: int = 0, loss=(), grad_norm=()):
         self.max_iters, self.tol, self.start = max_iters, tol, start
         self.loss = np.zeros(max_iters + 1)
         self.grad_norm = np.zeros(max_iters + 1)
         self.loss[:start], self.grad_norm[:start] = loss, grad_norm
-        self.reason = ""
+        self.outcome: Outcome | None = None
         self.why = ""  # for a divergence: what was seen, for the message
         self.last = start - 1
         self._streak = 0
 
-    def decide(self, t, total):
-        """`total` is the reduced [g, loss, stop requests]."""
+    @property
+    def reason(self) -> str:
+        return self.outcome.reason if self.outcome else ""
+
+    def decide(self, t: int, total: np.ndarray) -> Outcome | None:
+        """Record iteration t from the reduced [g, loss, stop requests]; None = go on."""
         d = total.size - 2
         g, loss = total[:d], float(total[d])
         norm = math.sqrt(float(np.dot(g, g)))
         self.loss[t], self.grad_norm[t], self.last = loss, norm, t
+        self.outcome = self._judge(t, loss, norm, stop_requested=total[d + 1] > 0)
+        return self.outcome
+
+    def _judge(self, t, loss, norm, stop_requested):
         if not (math.isfinite(loss) and math.isfinite(norm)):
-            self.reason = "diverged"
             self.why = f"the loss became {loss:.3e}" if not math.isfinite(loss) else \
                 f"the gradient norm became {norm:.3e}"
-            return DIVERGED
+            return Outcome.DIVERGED
         if t > 0 and loss > self.loss[t - 1] * (1 + GROWTH_MARGIN):
             self._streak += 1
             if self._streak >= GROWTH_STREAK:
-                self.reason = "diverged"
                 self.why = (f"the loss grew for {GROWTH_STREAK} iterations in a row "
                             f"(to {loss:.3e})")
-                return DIVERGED
+                return Outcome.DIVERGED
         else:
             self._streak = 0
-        if total[d + 1] > 0:
-            self.reason = "terminated"
-            return STOP
+        if stop_requested:
+            return Outcome.TERMINATED
         if norm <= self.tol * self.grad_norm[0]:
-            self.reason = "converged"
-            return STOP
+            return Outcome.CONVERGED
         if t >= self.max_iters:
-            self.reason = "max_iters"
-            return STOP
-        return CONTINUE
+            return Outcome.MAX_ITERS
+        return None
 
     @property
-    def updates(self):
+    def updates(self) -> int:
         """Updates done in total: one per evaluated iteration, except a stopping one."""
         return self.last
 
-    def history(self):
+    def history(self) -> tuple[np.ndarray, np.ndarray]:
+        """Loss and |g| of every iteration evaluated so far (including a resumed run's)."""
         return self.loss[: self.last + 1], self.grad_norm[: self.last + 1]
+
+    def history_before(self, iteration: int) -> tuple[np.ndarray, np.ndarray]:
+        """Loss and |g| of iterations 0 .. iteration-1: what a checkpoint at `iteration` keeps."""
+        return self.loss[:iteration], self.grad_norm[:iteration]
 
 
 @dataclass
 class Trajectory:
     w: np.ndarray            # the final w (on every rank)
-    rules: StopRules         # history and stop reason (filled on rank 0 in server mode)
+    outcome: Outcome         # how the loop ended (the same on every rank)
+    rules: StopRules         # history (filled on rank 0 in server mode)
     clock: PhaseClock
     wall_s: float            # first Bcast to last update
 
@@ -105,8 +130,9 @@ def _map(shard, w, packed, stop, straggle_s):
         time.sleep(straggle_s)
 
 
-def gradient_descent(comm, shard, w0, lr, rules, straggle_s=0.0, stop=None,
-                     on_iteration=None):
+def gradient_descent(comm, shard, w0: np.ndarray, lr: float, rules: StopRules,
+                     straggle_s: float = 0.0, stop: StopRequest | None = None,
+                     on_iteration=None) -> Trajectory:
     """Run synchronous data-parallel GD from w0 (significant on rank 0 only)."""
     d, root = w0.size, comm.rank == 0
     stop = stop or StopRequest()
@@ -133,8 +159,9 @@ def gradient_descent(comm, shard, w0, lr, rules, straggle_s=0.0, stop=None,
         comm.Reduce(packed, total, op=MPI.SUM, root=0)       # 3. Reduce to the server
         t4 = now()
         if root:                                             # 4. Update w_t+1 = w_t - lr g
-            wbuf[d] = rules.decide(t, total)
-            if wbuf[d] == CONTINUE:
+            outcome = rules.decide(t, total)
+            wbuf[d] = CONTINUE if outcome is None else float(outcome)
+            if outcome is None:
                 np.multiply(total[:d], lr, out=step)
                 np.subtract(w, step, out=w)
         t5 = now()
@@ -143,11 +170,13 @@ def gradient_descent(comm, shard, w0, lr, rules, straggle_s=0.0, stop=None,
         if on_iteration is not None:
             on_iteration(t, w)
         t += 1
-    return Trajectory(w=w.copy(), rules=rules, clock=clock, wall_s=(t0 - started) * 1e-9)
+    return Trajectory(w=w.copy(), outcome=Outcome(int(wbuf[d])), rules=rules, clock=clock,
+                      wall_s=(t0 - started) * 1e-9)
 
 
-def peer_to_peer_descent(comm, shard, w0, lr, rules, straggle_s=0.0, stop=None,
-                         on_iteration=None):
+def peer_to_peer_descent(comm, shard, w0: np.ndarray, lr: float, rules: StopRules,
+                         straggle_s: float = 0.0, stop: StopRequest | None = None,
+                         on_iteration=None) -> Trajectory:
     """The same GD without a server: Allreduce the gradient, every rank updates its w.
 
     Every rank receives bitwise the same sums, so every rank takes the same decisions.
@@ -162,8 +191,8 @@ def peer_to_peer_descent(comm, shard, w0, lr, rules, straggle_s=0.0, stop=None,
     clock = PhaseClock(rules.max_iters + 1 - rules.start, comm)
     now = time.perf_counter_ns
     started = t5 = now()
-    t, control = rules.start, CONTINUE
-    while control == CONTINUE:
+    t, outcome = rules.start, None
+    while outcome is None:
         t1 = now()
         _map(shard, w, packed, stop, straggle_s)             # 1. Map: local g and loss
         t2 = now()
@@ -171,8 +200,8 @@ def peer_to_peer_descent(comm, shard, w0, lr, rules, straggle_s=0.0, stop=None,
         t3 = now()
         comm.Allreduce(packed, total, op=MPI.SUM)            # 2. Allreduce: all get the sum
         t4 = now()
-        control = rules.decide(t, total)                     # 3. Update, on every rank
-        if control == CONTINUE:
+        outcome = rules.decide(t, total)                     # 3. Update, on every rank
+        if outcome is None:
             np.multiply(total[:d], lr, out=step)
             np.subtract(w, step, out=w)
         t5 = now()
@@ -180,46 +209,5 @@ def peer_to_peer_descent(comm, shard, w0, lr, rules, straggle_s=0.0, stop=None,
         if on_iteration is not None:
             on_iteration(t, w)
         t += 1
-    return Trajectory(w=w, rules=rules, clock=clock, wall_s=(t5 - started) * 1e-9)
-
-
-def estimate_lmax(comm, shard, d, seed=0, rtol=1e-4, max_steps=200):
-    """Largest eigenvalue of X^T X by distributed power iteration (same Bcast/Reduce).
-
-    Returns the Rayleigh quotient v^T X^T X v of the unit iterate, a lower bound on
-    lambda_max that converges from below; valid on every rank. Raises (on every rank)
-    when X^T X v overflows the shard's dtype: no step size can be derived then.
-    """
-    root = comm.rank == 0
-    vbuf = np.zeros(d + 1)
-    local = np.zeros(d)
-    total = np.zeros(d) if root else None
-    v = vbuf[:d]
-    if root:
-        v[:] = np.random.default_rng(seed).standard_normal(d)
-        v /= np.linalg.norm(v)
-    estimate, steps = 0.0, 0
-    while True:
-        comm.Bcast(vbuf, root=0)
-        if vbuf[d] != CONTINUE:
-            break
-        shard.normal_product(v, local)
-        comm.Reduce(local, total, op=MPI.SUM, root=0)
-        steps += 1
-        if root:
-            previous, estimate = estimate, float(np.dot(v, total))
-            norm = float(np.linalg.norm(total))
-            done = (norm == 0.0 or steps >= max_steps or not math.isfinite(norm)
-                    or abs(estimate - previous) <= rtol * estimate)
-            if norm > 0.0 and math.isfinite(norm):
-                v[:] = total / norm
-            vbuf[d] = STOP if done else CONTINUE
-    result = np.array([estimate])
-    comm.Bcast(result, root=0)
-    if not math.isfinite(result[0]):
-        dtype = getattr(getattr(shard, "X", None), "dtype", "the compute dtype's")
-        raise MpigdError(
-            f"--lr auto: lambda_max(X^T X) is not finite ({result[0]}): the data's values are "
-            f"too large for {dtype} arithmetic; use --dtype float64 or --standardize "
-            "(or rescale the data)", collective=True)
-    return float(result[0]), steps
+    return Trajectory(w=w, outcome=outcome, rules=rules, clock=clock,
+                      wall_s=(t5 - started) * 1e-9)

@@ -10,23 +10,41 @@ import time
 
 import numpy as np
 
-from . import __version__
-from .errors import MpigdError
+from . import __version__, rundir
+from .errors import MpigdError, launcher_rank
 
 # Rows per generation block: ~32 MB of float64 per block. It depends only on the number of
 # features, so it is part of "the same arguments" and results do not depend on memory.
 _BLOCK_VALUES = 4 << 20
 
 
-def block_rows(features):
+def block_rows(features: int) -> int:
     return max(1, _BLOCK_VALUES // features)
 
 
-def generate(path, rows, features, seed=0, noise=0.1, dtype="float64", compression=None):
-    """Write X (rows x features), y (rows) and w_true (features) to `path`.
+NOISE = 0.1
 
-    The file appears atomically: it is written under a temporary name and renamed, so an
-    interrupted generation never leaves a file that looks complete.
+
+def file_name(rows: int, features: int, seed: int) -> str:
+    """The name generated data go by in a data directory (default data, sweeps, Slurm)."""
+    return f"synthetic-{rows}x{features}-seed{seed}.h5"
+
+
+def ensure(directory: str, rows: int, features: int, seed: int = 0) -> tuple[str, bool]:
+    """(path, generated): the float64 data set of these arguments in `directory`, made if absent."""
+    path = os.path.join(directory, file_name(rows, features, seed))
+    if matches(path, rows, features, seed, NOISE, "float64"):
+        return path, False
+    generate(path, rows, features, seed)
+    return path, True
+
+
+def generate(path: str, rows: int, features: int, seed: int = 0, noise: float = NOISE,
+             dtype: str = "float64", compression: str | None = None) -> float:
+    """Write X (rows x features), y (rows) and w_true (features) to `path`; return seconds.
+
+    The file appears atomically (rundir.atomic_write), so an interrupted generation never
+    leaves a file that looks complete.
     """
     import h5py
 
@@ -42,9 +60,9 @@ def generate(path, rows, features, seed=0, noise=0.1, dtype="float64", compressi
         layout = dict(chunks=(min(rows, max(1, 65536 // features)), features), compression=compression)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    partial = f"{path}.partial-{os.getpid()}"
     started = time.perf_counter()
-    try:
+
+    def write(partial):
         with h5py.File(partial, "w", track_order=True) as f:
             X = f.create_dataset("X", (rows, features), dtype=dtype, track_times=False, **layout)
             y = f.create_dataset("y", (rows,), dtype=dtype, track_times=False,
@@ -62,15 +80,12 @@ def generate(path, rows, features, seed=0, noise=0.1, dtype="float64", compressi
                 noise=noise, dtype=dtype.name, compression=compression or "none",
                 model="y = X @ w_true + noise * N(0, 1); X ~ N(0, 1) i.i.d.",
             )
-        os.replace(partial, path)
-    except BaseException:
-        if os.path.exists(partial):
-            os.remove(partial)
-        raise
+
+    rundir.atomic_write(path, write)
     return time.perf_counter() - started
 
 
-def matches(path, rows, features, seed, noise, dtype):
+def matches(path: str, rows: int, features: int, seed: int, noise: float, dtype: str) -> bool:
     """True if `path` is a complete file that generate() made with these arguments."""
     import h5py
 
@@ -81,3 +96,22 @@ def matches(path, rows, features, seed, noise, dtype):
                     str(a["dtype"])) == (rows, features, seed, float(noise), np.dtype(dtype).name)
     except (OSError, KeyError):
         return False
+
+
+def command(args) -> int:
+    """`python -m mpigd generate`: --out FILE, or --out-dir DIR (prints the file's path)."""
+    if launcher_rank() != 0:
+        return 0  # one writer: under mpirun the other ranks have nothing to do
+    if args.out_dir is not None:
+        if (args.noise, args.dtype, args.compression) != (NOISE, "float64", None):
+            raise MpigdError("--out-dir names files by rows, features and seed alone; use --out "
+                             "FILE.h5 for another --noise, --dtype or --compression")
+        path, _ = ensure(args.out_dir, args.rows, args.features, args.seed)
+        print(path, flush=True)  # for scripts: `file=$(python -m mpigd generate ... --out-dir D)`
+        return 0
+    seconds = generate(args.out, args.rows, args.features, args.seed, args.noise,
+                       args.dtype, args.compression)
+    size_gb = args.rows * args.features * np.dtype(args.dtype).itemsize / 1e9
+    print(f"mpigd: wrote {args.out}: X {args.rows} x {args.features} {args.dtype} "
+          f"({size_gb:.3f} GB), y, w_true in {seconds:.2f} s")
+    return 0

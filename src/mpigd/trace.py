@@ -8,12 +8,15 @@ from the iteration's start and the durations.
 
 import json
 
+import numpy as np
+
+from . import rundir
 from .timing import BCAST, COMPUTE, PHASES, REDUCE, SYNC, UPDATE
 
 ORDER = (BCAST, COMPUTE, SYNC, REDUCE, UPDATE)
 
 
-def events(seconds, starts, first_iteration=0):
+def events(seconds: np.ndarray, starts: np.ndarray, first_iteration: int = 0) -> list[dict]:
     """Trace events for (ranks x iterations x phases) durations and (ranks x iterations) starts."""
     out = [{"name": "process_name", "ph": "M", "pid": 0, "tid": 0, "args": {"name": "mpigd"}}]
     ranks, iterations, _ = seconds.shape
@@ -34,7 +37,7 @@ def events(seconds, starts, first_iteration=0):
     return out
 
 
-def write(path, seconds, starts, first_iteration=0):
-    with open(path, "w") as handle:
-        json.dump({"traceEvents": events(seconds, starts, first_iteration),
-                   "displayTimeUnit": "ms"}, handle)
+def write(path: str, seconds: np.ndarray, starts: np.ndarray, first_iteration: int = 0) -> str:
+    """trace.json, atomically."""
+    trace = {"traceEvents": events(seconds, starts, first_iteration), "displayTimeUnit": "ms"}
+    return rundir.write_text(path, json.dumps(trace))

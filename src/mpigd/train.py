@@ -1,118 +1,89 @@
-"""A whole training run: set up, load shards, choose the step, run the loop, report.
+"""One whole training run, as a pipeline of named steps:
+
+    prepare      output directory, data (the embedded default if none), every rank's rows,
+                 the fingerprint and the resume checks, preprocessing, the gradient kernel
+    step size    1/lambda_max by power iteration, the user's --lr, or the checkpoint's
+    descend      the loop of solver.py (server or peer to peer), with progress and
+                 periodic checkpoints after each iteration
+    finish       diverged or terminated: say so (and checkpoint); otherwise gather the
+                 per-rank facts and write the run directory, result.json last
 
 Every step that can fail on one rank only runs inside `agreed(...)`, so a missing file
 or a NaN seen by rank 5 ends all ranks together with one message.
 """
 
 import os
-import platform
-import resource
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from mpi4py import MPI
 
-from . import __version__, checkpoint, data, faults, report, synthetic, trace
+from . import __version__, checkpoint, data, faults, rundir, stepsize, synthetic, trace
 from .comm import agreed
-from .config import parse_straggler
+from .config import Mode, TrainConfig
+from .environment import blas_threads, gather_rank_facts, mpi_library, slurm_info
 from .errors import MpigdError
 from .objective import LeastSquaresShard, job_kernel
+from .console import Progress
+from .result import (CheckpointStats, DataSource, KernelInfo, PhaseSummary, Preprocessing,
+                     RankEntry, Result)
 from .signals import StopRequest, Terminated, on_sigterm
-from .solver import StopRules, estimate_lmax, gradient_descent, peer_to_peer_descent
-from .standardize import prepare
+from .solver import Outcome, StopRules, Trajectory, gradient_descent, peer_to_peer_descent
+from .standardize import Transform, prepare as standardize
+from .stepsize import StepSize
 from .timing import PHASES, imbalance, phase_stats
 
-# The embedded default problem (`python -m mpigd` with no --data): ~51 MB of float64,
-# generated once and reused.
-DEFAULT_ROWS, DEFAULT_FEATURES, DEFAULT_SEED, DEFAULT_NOISE = 200_000, 32, 0, 0.1
-DEFAULT_DATA = os.path.join(
-    "runs", "default-data", f"synthetic-{DEFAULT_ROWS}x{DEFAULT_FEATURES}-seed{DEFAULT_SEED}.h5"
-)
-# SLURM_TASKS_PER_NODE is always set ("2(x3),1"); SLURM_NTASKS_PER_NODE only when requested.
-SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_JOB_NAME", "SLURM_JOB_NODELIST", "SLURM_NNODES",
-                   "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_TASKS_PER_NODE",
-                   "SLURM_CPUS_PER_TASK", "SLURM_STEP_ID", "SLURM_JOB_PARTITION",
-                   "SLURM_JOB_ACCOUNT", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
-                   "SLURM_CLUSTER_NAME")
-_HOST_BYTES = 64
-_OK, _DIVERGED, _TERMINATED = 0, 1, 2
-_blas_limits = None  # keeps threadpoolctl's limit alive for the whole run
+# The embedded default problem (`python -m mpigd` with no --data), generated once and reused.
+DEFAULT_ROWS, DEFAULT_FEATURES, DEFAULT_SEED = 200_000, 32, 0
+DEFAULT_DATA_DIR = os.path.join("runs", "default-data")
 
 
-def limit_blas_threads(requested, ranks):
-    """One BLAS thread per rank by default when ranks > 1: oversubscribed BLAS ruins timing."""
-    global _blas_limits
-    from threadpoolctl import threadpool_info, threadpool_limits
+@dataclass
+class Job:
+    """What every step of one run needs to know."""
 
-    threads = requested if requested is not None else (1 if ranks > 1 else None)
-    if threads is not None:
-        _blas_limits = threadpool_limits(limits=threads, user_api="blas")
-    blas = [{k: lib.get(k) for k in ("internal_api", "num_threads", "version")}
-            for lib in threadpool_info() if lib.get("user_api") == "blas"]
-    return {"requested": requested, "applied": threads, "blas": blas}
-
-
-def ensure_default_data(path):
-    """Rank 0: generate the embedded default dataset unless a matching one exists."""
-    args = (DEFAULT_ROWS, DEFAULT_FEATURES, DEFAULT_SEED, DEFAULT_NOISE, "float64")
-    if synthetic.matches(path, *args):
-        return False
-    synthetic.generate(path, DEFAULT_ROWS, DEFAULT_FEATURES, DEFAULT_SEED, DEFAULT_NOISE)
-    return True
+    config: TrainConfig
+    comm: MPI.Comm
+    run_dir: str | None       # on rank 0; None elsewhere
+    resume: checkpoint.Checkpoint | None
+    straggle_s: float         # this rank's injected delay per iteration
+    stop: StopRequest
+    threads: dict
+    started: str
 
 
-def _peak_rss_bytes():
-    # VmHWM counts this process only; ru_maxrss starts at the RSS of whatever process forked
-    # us (a big Python parent would be reported as our own peak). ru_maxrss where there is no /proc.
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+@dataclass
+class Prepared:
+    """The data as this rank holds it, ready for the loop."""
+
+    path: str
+    info: data.DatasetInfo
+    lo: int
+    hi: int
+    load_s: float
+    fingerprint: dict
+    transform: Transform
+    shard: LeastSquaresShard
 
 
-def _gather_hosts(comm):
-    mine = np.zeros(_HOST_BYTES, dtype=np.uint8)
-    name = platform.node().encode()[: _HOST_BYTES - 1]
-    mine[: len(name)] = np.frombuffer(name, dtype=np.uint8)
-    table = np.empty((comm.size, _HOST_BYTES), dtype=np.uint8) if comm.rank == 0 else None
-    comm.Gather(mine, table, root=0)
-    if table is None:
-        return None
-    return [bytes(row[: int(np.argmin(row))]).decode(errors="replace") for row in table]
-
-
-def slurm_info():
-    found = {name[6:].lower(): os.environ[name] for name in SLURM_VARIABLES if name in os.environ}
-    return found or None
-
-
-def run(config, comm=MPI.COMM_WORLD, resume=None):
-    """Collective: train as `config` says (continuing `resume`, a Checkpoint, if given).
-
-    Returns the result dict on rank 0, None elsewhere.
-    """
-    rank, size, root = comm.rank, comm.size, comm.rank == 0
-    if config.dedicated_server and size < 2:
-        raise MpigdError("--dedicated-server needs at least 2 ranks (1 server + workers)", collective=True)
-    straggler_rank, straggle_s = parse_straggler(config.straggler) if config.straggler else (None, 0.0)
-    if straggler_rank is not None and straggler_rank >= size:
-        raise MpigdError(f"--straggler rank {straggler_rank} does not exist: ranks are 0..{size - 1}",
-                         collective=True)
-
-    run_dir = fresh = None
-    with agreed(comm, "preparing the output directory"):
-        if root:
-            fresh = config.out is None or not os.path.exists(config.out)
-            run_dir = report.choose_run_dir(config.out, config.force or resume is not None)
+def run(config: TrainConfig, comm: MPI.Comm = MPI.COMM_WORLD,
+        resume: checkpoint.Checkpoint | None = None) -> Result | None:
+    """Collective: train as `config` says (continuing `resume` if given); the Result on rank 0."""
+    _check_ranks(config, comm.size)
+    run_dir, fresh = _open_run_dir(config, comm, resume)
     try:
         # SIGTERM while loading is honoured too: the flag waits for the first iteration.
-        with on_sigterm(StopRequest()) as stop:
-            return _train(config, comm, run_dir, resume,
-                          straggle_s if rank == straggler_rank else 0.0, stop)
+        with on_sigterm(StopRequest()) as stop, blas_threads(config.threads, comm.size) as threads:
+            straggler = config.straggler
+            job = Job(config, comm, run_dir, resume,
+                      straggler.seconds if straggler and straggler.rank == comm.rank else 0.0,
+                      stop, threads, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            prepared = prepare(job)
+            step = resume.step if resume else stepsize.choose(
+                comm, prepared.shard, prepared.info.features, config.lr, config.seed)
+            saver, trajectory = descend(job, prepared, step)
+            return finish(job, prepared, step, saver, trajectory)
     except BaseException:
         # A run that failed before writing anything leaves no empty directory behind.
         if fresh and run_dir and os.path.isdir(run_dir) and not os.listdir(run_dir):
@@ -120,13 +91,69 @@ def run(config, comm=MPI.COMM_WORLD, resume=None):
         raise
 
 
-def _load(config, comm, data_path):
+def _check_ranks(config: TrainConfig, size: int) -> None:
+    if config.dedicated_server and size < 2:
+        raise MpigdError("--dedicated-server needs at least 2 ranks (1 server + workers)", collective=True)
+    if config.straggler is not None and config.straggler.rank >= size:
+        raise MpigdError(f"--straggler rank {config.straggler.rank} does not exist: ranks are "
+                         f"0..{size - 1}", collective=True)
+
+
+def _open_run_dir(config, comm, resume):
+    """(run_dir on rank 0, whether it is new): created and checked before any data is read."""
+    run_dir = fresh = None
+    with agreed(comm, "preparing the output directory"):
+        if comm.rank == 0:
+            fresh = config.out is None or not os.path.exists(config.out)
+            run_dir = rundir.choose_run_dir(config.out, config.force or resume is not None)
+    return run_dir, fresh
+
+
+# --- prepare -------------------------------------------------------------------------------
+
+def prepare(job: Job) -> Prepared:
+    """Collective: load every rank's rows, check them against a checkpoint, preprocess."""
+    config, comm = job.config, job.comm
+    path = config.data or _default_data(comm)
+    load_started = time.perf_counter()
+    info, X, y, lo, hi = _load(config, comm, path)
+    load_s = time.perf_counter() - load_started
+    fingerprint = {"rows": info.rows, "features": info.features, "dtype": X.dtype.name,
+                   "checksum": checkpoint.data_checksum(comm, X, y, lo)}
+    if job.resume is not None:
+        checkpoint.check_fingerprint(job.resume.fingerprint, fingerprint, job.run_dir or config.out)
+        if job.resume.iteration > config.iters:
+            raise MpigdError(f"the checkpoint is at iteration {job.resume.iteration}, past --iters "
+                             f"{config.iters}; resume with a larger --iters", collective=True)
+    transform = standardize(comm, X, y, info.rows, config.intercept, config.standardize)
+    workers = comm.size - 1 if config.dedicated_server else comm.size
+    with agreed(comm, "preparing the gradient kernel"):
+        kernel = job_kernel(info.rows, X.shape[1], X.itemsize, workers, config.kernel)
+        shard = LeastSquaresShard(X, y, kernel=kernel)
+    return Prepared(path, info, lo, hi, load_s, fingerprint, transform, shard)
+
+
+def _default_data(comm) -> str:
+    """The embedded default data set: generated by rank 0 on first use, reused after."""
+    path = os.path.join(DEFAULT_DATA_DIR,
+                        synthetic.file_name(DEFAULT_ROWS, DEFAULT_FEATURES, DEFAULT_SEED))
+    with agreed(comm, f"generating the default data set {path}"):
+        if comm.rank == 0:
+            path, generated = synthetic.ensure(DEFAULT_DATA_DIR, DEFAULT_ROWS, DEFAULT_FEATURES,
+                                               DEFAULT_SEED)
+            if generated:
+                print(f"mpigd: generated the default data set {path} "
+                      f"({DEFAULT_ROWS} x {DEFAULT_FEATURES} float64)", flush=True)
+    return path
+
+
+def _load(config, comm, path):
     """Collective: every rank opens the file, validates it, reads only its own rows."""
     rank, size = comm.rank, comm.size
     workers = size - 1 if config.dedicated_server else size
     fault = faults.planned(rank)
-    with agreed(comm, f"reading {data_path}"), data.readable(data_path):
-        with data.open_input(data_path) as h5file:
+    with agreed(comm, f"reading {path}"), data.readable(path):
+        with data.open_input(path) as h5file:
             info = data.inspect(h5file, config.x_dataset, config.y_dataset)
             if info.rows < workers:
                 most = info.rows + (size - workers)
@@ -141,200 +168,161 @@ def _load(config, comm, data_path):
     return info, X, y, lo, hi
 
 
-def _train(config, comm, run_dir, resume, straggle_s, stop):
-    rank, size, root = comm.rank, comm.size, comm.rank == 0
-    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    threads = limit_blas_threads(config.threads, size)
-    data_path = config.data
-    if data_path is None:
-        data_path = DEFAULT_DATA
-        with agreed(comm, f"generating the default data set {DEFAULT_DATA}"):
-            if root and ensure_default_data(data_path):
-                print(f"mpigd: generated the default data set {data_path} "
-                      f"({DEFAULT_ROWS} x {DEFAULT_FEATURES} float64)", flush=True)
+# --- descend -------------------------------------------------------------------------------
 
-    load_started = time.perf_counter()
-    info, X, y, lo, hi = _load(config, comm, data_path)
-    load_s = time.perf_counter() - load_started
-    fingerprint = {"rows": info.rows, "features": info.features, "dtype": X.dtype.name,
-                   "checksum": checkpoint.data_checksum(comm, X, y, lo)}
+class _AfterIteration:
+    """What rank 0 does between iterations: progress, periodic checkpoints; and faults."""
+
+    def __init__(self, job: Job, rules: StopRules, saver: checkpoint.Saver):
+        self.rank, self.root = job.comm.rank, job.comm.rank == 0
+        self.rules, self.saver = rules, saver
+        config = job.config
+        start = job.resume.iteration if job.resume else 0
+        self.progress = Progress(config.iters, enabled=self.root and not config.quiet, start=start)
+        self.fault = faults.planned(self.rank)
+
+    def __call__(self, t: int, w: np.ndarray) -> None:
+        if self.root:
+            self.progress(t, self.rules)
+            if self.saver.due(t) and not self.rules.reason:
+                self.saver.save(t + 1, w, *self.rules.history_before(t + 1))
+        if self.fault and self.fault[0] == "loop" and t == self.fault[1]:
+            faults.fail(f"loop iteration {t}", self.rank)
+
+
+def descend(job: Job, prepared: Prepared, step: StepSize) -> tuple[checkpoint.Saver, Trajectory]:
+    """Collective: the training loop from w_0 (or the checkpoint's w_t) to an Outcome."""
+    config, resume = job.config, job.resume
     if resume is not None:
-        checkpoint.check_fingerprint(resume.fingerprint, fingerprint, run_dir or config.out)
-        if resume.iteration > config.iters:
-            raise MpigdError(f"the checkpoint is at iteration {resume.iteration}, past --iters "
-                             f"{config.iters}; resume with a larger --iters", collective=True)
-
-    transform = prepare(comm, X, y, info.rows, config.intercept, config.standardize)
-    workers = size - 1 if config.dedicated_server else size
-    with agreed(comm, "preparing the gradient kernel"):
-        shard = LeastSquaresShard(X, y, kernel=job_kernel(info.rows, X.shape[1], X.itemsize, workers))
-
-    if resume is not None:
-        lr, lmax, power_steps = resume.lr, resume.lambda_max, resume.power_iterations
-    elif config.lr == "auto":
-        with np.errstate(over="ignore", invalid="ignore"):  # a non-finite lmax is reported
-            lmax, power_steps = estimate_lmax(comm, shard, info.features, seed=config.seed)
-        if not lmax > 0:
-            raise MpigdError("X^T X is zero (all features are zero after preprocessing); "
-                             "nothing to fit", collective=True)
-        lr = 1.0 / lmax
+        w0 = resume.w
+        rules = StopRules(config.iters, config.tol, resume.iteration, resume.loss, resume.grad_norm)
     else:
-        lr, lmax, power_steps = float(config.lr), None, None
-
-    if resume is not None:
-        start, w0 = resume.iteration, resume.w
-        rules = StopRules(config.iters, config.tol, start, resume.loss, resume.grad_norm)
-    else:
-        start, w0 = 0, np.zeros(info.features)
+        w0 = np.zeros(prepared.info.features)
         rules = StopRules(config.iters, config.tol)
-
-    def snapshot(iteration, w):
-        loss, grad_norm = rules.loss[:iteration], rules.grad_norm[:iteration]
-        return checkpoint.Checkpoint(
-            iteration=iteration, w=w.copy(), loss=loss, grad_norm=grad_norm, lr=lr,
-            lambda_max=lmax, power_iterations=power_steps, config=config.to_dict(),
-            fingerprint=fingerprint, ranks=size)
-
-    saved = {"count": 0, "seconds": 0.0}
-    progress = report.Progress(config.iters, enabled=root and not config.quiet, start=start)
-    fault = faults.planned(rank)
-
-    def on_iteration(t, w):
-        if root:
-            progress(t, rules)
-            every = config.checkpoint_every
-            if every and (t + 1) % every == 0 and not rules.reason:
-                began = time.perf_counter()
-                checkpoint.save(run_dir, snapshot(t + 1, w))
-                saved["count"] += 1
-                saved["seconds"] += time.perf_counter() - began
-        if fault and fault[0] == "loop" and t == fault[1]:
-            faults.fail(f"loop iteration {t}", rank)
-
-    loop = peer_to_peer_descent if config.mode == "allreduce" else gradient_descent
+    saver = checkpoint.Saver(job.run_dir, step, config.to_dict(), prepared.fingerprint,
+                             job.comm.size, config.checkpoint_every)
+    loop = peer_to_peer_descent if config.mode is Mode.ALLREDUCE else gradient_descent
     # Overflow is detected (rules.decide checks loss and |g| every iteration) and reported
     # as divergence: numpy's own warnings would only add noise to that one message.
     with np.errstate(over="ignore", invalid="ignore"):
-        trajectory = loop(comm, shard, w0, lr, rules, straggle_s=straggle_s, stop=stop,
-                          on_iteration=on_iteration)
-    status = np.array([_OK], dtype=np.int64)
-    if root:
-        status[0] = {"diverged": _DIVERGED, "terminated": _TERMINATED}.get(rules.reason, _OK)
-    comm.Bcast(status, root=0)
-    seconds, starts = trajectory.clock.gather(comm)
+        trajectory = loop(job.comm, prepared.shard, w0, step.lr, rules, straggle_s=job.straggle_s,
+                          stop=job.stop, on_iteration=_AfterIteration(job, rules, saver))
+    return saver, trajectory
 
-    if status[0] == _DIVERGED:
-        with agreed(comm, "saving the diverged history"):
-            if root:
-                kept = os.path.join(run_dir, "history-diverged.csv")
-                report.write_history(kept, *rules.history(), seconds, start)
-        t = rules.last  # rank 0 speaks, and only rank 0 knows the history in server mode
-        note = f"no result was written, the history so far is in {run_dir}/history-diverged.csv"
-        if t == start:  # before any update: finite data whose loss or gradient overflows
-            raise MpigdError(
-                f"{rules.why} at iteration {t}, before any update: the data's values are too "
-                f"large for {X.dtype} arithmetic; use --dtype float64 or --standardize; {note}",
-                collective=True)
-        step = (f"step size {lr:.6g} (--lr auto = 1/lambda_max); pass a smaller --lr, e.g. "
-                f"--lr {lr / 4:.3g}, or --standardize" if lmax is not None else
-                f"--lr {lr:.6g}; use a smaller --lr, or --lr auto (and --standardize for "
-                "features of very different scales)")
-        raise MpigdError(f"training diverged at iteration {t}: {rules.why}, with {step}; {note}",
-                         collective=True)
-    if status[0] == _TERMINATED:
+
+# --- finish --------------------------------------------------------------------------------
+
+def finish(job: Job, prepared: Prepared, step: StepSize, saver: checkpoint.Saver,
+           trajectory: Trajectory) -> Result | None:
+    """Collective: end a diverged or terminated run with its message, else write the results."""
+    comm, root = job.comm, job.comm.rank == 0
+    seconds, starts = trajectory.clock.gather(comm)
+    if trajectory.outcome is Outcome.DIVERGED:
+        _stop_diverged(job, prepared, step, trajectory, seconds)
+    if trajectory.outcome is Outcome.TERMINATED:
         with agreed(comm, "saving the checkpoint after SIGTERM"):
             if root:
-                checkpoint.save(run_dir, snapshot(rules.last, trajectory.w))
-        # In a Slurm job the next step is a new job: `sbatch slurm/train.sbatch --resume DIR`.
-        again = (f"a new job running `srun -n {size} python -m mpigd --resume {run_dir}` (e.g. "
-                 f"`sbatch slurm/train.sbatch --resume {run_dir}`)" if "SLURM_JOB_ID" in os.environ
-                 else f"`mpirun -n {size} python -m mpigd --resume {run_dir}`")
-        raise Terminated(
-            f"received SIGTERM: stopped cleanly at iteration {rules.last if root else '?'}; "
-            f"checkpoint saved to {run_dir}/{checkpoint.FILE}; continue with {again}")
-
-    facts = np.array([hi - lo, lo, hi, load_s, _peak_rss_bytes(), os.cpu_count() or 0],
-                     dtype=np.float64)
-    all_facts = np.empty((size, facts.size)) if root else None
-    comm.Gather(facts, all_facts, root=0)
-    hosts = _gather_hosts(comm)
-
+                saver.save(trajectory.rules.last, trajectory.w,
+                           *trajectory.rules.history_before(trajectory.rules.last))
+        raise _terminated(job, trajectory.rules.last if root else None)
+    facts = gather_rank_facts(comm, prepared.lo, prepared.hi, prepared.load_s)
     result = None
     with agreed(comm, "writing the results"):
         if root:
-            result = _result(config, info, X.dtype, data_path, run_dir, trajectory, seconds,
-                             all_facts, hosts, lr, lmax, power_steps, threads, started)
-            result["resumed_from"] = resume.iteration if resume is not None else None
-            result["kernel"] = {"name": shard.kernel, "setup_s": shard.setup_s}  # rank 0's
-            result["checkpoints"] = {"every": config.checkpoint_every, **saved}
-            w, intercept = transform.original_weights(trajectory.w)
-            result["preprocessing"] = {
-                "intercept": config.intercept, "standardize": config.standardize,
-                "feature_mean": transform.mean, "feature_scale": transform.scale,
-                "y_mean": transform.y_mean}
-            report.write_history(os.path.join(run_dir, "history.csv"), *rules.history(),
-                                 seconds, start)
-            report.write_weights(os.path.join(run_dir, "weights.h5"), w,
-                                 intercept if config.intercept else None, result["config"])
-            if config.trace:
-                trace.write(os.path.join(run_dir, "trace.json"), seconds, starts, start)
-            report.write_result(os.path.join(run_dir, report.RESULT), result)
-            stale = os.path.join(run_dir, checkpoint.FILE)
-            if os.path.exists(stale):
-                os.remove(stale)  # the run is complete: result.json and weights.h5 supersede it
+            result = _result(job, prepared, step, saver, trajectory, seconds, facts)
+            _write_run(job, prepared, result, trajectory, seconds, starts)
     return result
 
 
-def _result(config, info, dtype, data_path, run_dir, trajectory, seconds, facts, hosts,
-            lr, lmax, power_steps, threads, started):
-    rules = trajectory.rules
-    holds_rows = facts[:, 0] > 0
-    update_ranks = len(facts) if config.mode == "allreduce" else 1
-    totals, stats = phase_stats(seconds, holds_rows, update_ranks)
-    evaluations = seconds.shape[1]
+def _stop_diverged(job, prepared, step, trajectory, seconds):
+    rules, run_dir = trajectory.rules, job.run_dir
+    start = job.resume.iteration if job.resume else 0
+    with agreed(job.comm, "saving the diverged history"):
+        if job.comm.rank == 0:
+            rundir.write_history(os.path.join(run_dir, rundir.HISTORY_DIVERGED), *rules.history(),
+                                 seconds, PHASES, start)
+    t = rules.last  # rank 0 speaks, and only rank 0 knows the history in server mode
+    note = f"no result was written, the history so far is in {run_dir}/{rundir.HISTORY_DIVERGED}"
+    if t == start:  # before any update: finite data whose loss or gradient overflows
+        raise MpigdError(
+            f"{rules.why} at iteration {t}, before any update: the data's values are too large "
+            f"for {prepared.shard.X.dtype} arithmetic; use --dtype float64 or --standardize; {note}",
+            collective=True)
+    lr = step.lr
+    advice = (f"step size {lr:.6g} (--lr auto = 1/lambda_max); pass a smaller --lr, e.g. "
+              f"--lr {lr / 4:.3g}, or --standardize" if step.mode == "auto" else
+              f"--lr {lr:.6g}; use a smaller --lr, or --lr auto (and --standardize for "
+              "features of very different scales)")
+    raise MpigdError(f"training diverged at iteration {t}: {rules.why}, with {advice}; {note}",
+                     collective=True)
+
+
+def _terminated(job: Job, iteration: int | None) -> Terminated:
+    size, run_dir = job.comm.size, job.run_dir
+    # In a Slurm job the next step is a new job: `sbatch slurm/train.sbatch --resume DIR`.
+    again = (f"a new job running `srun -n {size} python -m mpigd --resume {run_dir}` (e.g. "
+             f"`sbatch slurm/train.sbatch --resume {run_dir}`)" if "SLURM_JOB_ID" in os.environ
+             else f"`mpirun -n {size} python -m mpigd --resume {run_dir}`")
+    return Terminated(
+        f"received SIGTERM: stopped cleanly at iteration {'?' if iteration is None else iteration}; "
+        f"checkpoint saved to {run_dir}/{rundir.CHECKPOINT}; continue with {again}")
+
+
+def _write_run(job, prepared, result, trajectory, seconds, starts):
+    """Rank 0: history, weights, trace; result.json last; then the checkpoint is obsolete."""
+    run_dir, config = job.run_dir, job.config
+    start = job.resume.iteration if job.resume else 0
+    rundir.write_history(os.path.join(run_dir, rundir.HISTORY), *trajectory.rules.history(),
+                         seconds, PHASES, start)
+    w, intercept = prepared.transform.original_weights(trajectory.w)
+    rundir.write_weights(os.path.join(run_dir, rundir.WEIGHTS), w,
+                         intercept if config.intercept else None, result.config)
+    if config.trace:
+        trace.write(os.path.join(run_dir, rundir.TRACE), seconds, starts, start)
+    result.save(os.path.join(run_dir, rundir.RESULT))
+    stale = os.path.join(run_dir, rundir.CHECKPOINT)
+    if os.path.exists(stale):
+        os.remove(stale)  # the run is complete: result.json and weights.h5 supersede it
+
+
+def _per_rank(facts, totals) -> list[RankEntry]:
+    return [RankEntry(rank=f.rank, host=f.host, rows=f.rows, row_range=list(f.row_range),
+                      load_s=f.load_s, peak_rss_mb=f.peak_rss_bytes / 2**20, cpus=f.cpus,
+                      **{f"{name}_s": float(totals[f.rank, i]) for i, name in enumerate(PHASES)})
+            for f in facts]
+
+
+def _result(job, prepared, step, saver, trajectory, seconds, facts) -> Result:
+    config, info, rules = job.config, prepared.info, trajectory.rules
+    holds_rows = np.array([f.rows > 0 for f in facts])
+    totals, stats = phase_stats(seconds, holds_rows, len(facts) if config.mode is Mode.ALLREDUCE else 1)
     loss, grad_norm = rules.history()
-    per_rank = []
-    for r in range(len(facts)):
-        entry = {"rank": r, "host": hosts[r], "rows": int(facts[r, 0]),
-                 "row_range": [int(facts[r, 1]), int(facts[r, 2])],
-                 "load_s": float(facts[r, 3]), "peak_rss_mb": facts[r, 4] / 2**20,
-                 "cpus": int(facts[r, 5])}  # of the rank's host: tells oversubscription
-        entry.update({f"{name}_s": float(totals[r, i]) for i, name in enumerate(PHASES)})
-        per_rank.append(entry)
-    return {
-        "version": __version__,
-        "config": config.to_dict(),
-        "mode": config.mode,
-        "ranks": len(facts),
-        "workers": len(facts) - 1 if config.dedicated_server else len(facts),
-        "rows": info.rows,
-        "features": info.features,
-        "dtype": dtype.name,
-        "data": {"path": os.path.abspath(data_path), "x_dataset": info.x_name,
-                 "y_dataset": info.y_name, "x_dtype": info.x_dtype, "y_dtype": info.y_dtype},
-        "run_dir": os.path.abspath(run_dir),
-        "iterations": rules.updates,
-        "evaluations": evaluations,
-        "stop_reason": rules.reason,
-        "final_loss": float(loss[-1]),
-        "initial_loss": float(loss[0]),
-        "grad_norm_rel": float(grad_norm[-1] / grad_norm[0]) if grad_norm[0] > 0 else 0.0,
-        "lr": lr,
-        "lr_mode": "auto" if lmax is not None else "fixed",
-        "lambda_max": lmax,
-        "power_iterations": power_steps,
-        "wall_s": trajectory.wall_s,
-        "s_per_iter": trajectory.wall_s / evaluations,
-        "load_s": float(facts[:, 3].max()),
-        "phases": stats,
-        "per_rank": per_rank,
-        "imbalance": imbalance(totals, holds_rows),
-        "threads": threads,
-        "slurm": slurm_info(),
-        "mpi": {"library": MPI.Get_library_version().splitlines()[0].strip(),
-                "mpi4py": __import__("mpi4py").__version__},
-        "timing": {"clock": "time.perf_counter_ns", "sync": "Barrier before Reduce",
-                   "wall_s": "first Bcast to last update (this segment, if resumed)",
-                   "load_s": "max over ranks"},
-        "started": started,
-    }
+    evaluations = seconds.shape[1]
+    transform = prepared.transform
+    return Result(
+        version=__version__, config=config.to_dict(), mode=config.mode.value, ranks=len(facts),
+        workers=len(facts) - 1 if config.dedicated_server else len(facts),
+        rows=info.rows, features=info.features, dtype=prepared.shard.X.dtype.name,
+        data=DataSource(path=os.path.abspath(prepared.path), x_dataset=info.x_name,
+                        y_dataset=info.y_name, x_dtype=info.x_dtype, y_dtype=info.y_dtype),
+        run_dir=os.path.abspath(job.run_dir), iterations=rules.updates, evaluations=evaluations,
+        stop_reason=trajectory.outcome.reason, final_loss=float(loss[-1]),
+        initial_loss=float(loss[0]),
+        grad_norm_rel=float(grad_norm[-1] / grad_norm[0]) if grad_norm[0] > 0 else 0.0,
+        lr=step.lr, lr_mode=step.mode, lambda_max=step.lambda_max,
+        power_iterations=step.power_iterations, wall_s=trajectory.wall_s,
+        s_per_iter=trajectory.wall_s / evaluations, load_s=max(f.load_s for f in facts),
+        phases={name: PhaseSummary(**values) for name, values in stats.items()},
+        per_rank=_per_rank(facts, totals), imbalance=imbalance(totals, holds_rows),
+        threads=job.threads, slurm=slurm_info(), mpi=mpi_library(),
+        timing={"clock": "time.perf_counter_ns", "sync": "Barrier before Reduce",
+                "wall_s": "first Bcast to last update (this segment, if resumed)",
+                "load_s": "max over ranks"},
+        started=job.started, resumed_from=job.resume.iteration if job.resume else None,
+        kernel=KernelInfo(name=prepared.shard.kernel, setup_s=prepared.shard.setup_s),  # rank 0's
+        checkpoints=CheckpointStats(every=config.checkpoint_every, count=saver.count,
+                                    seconds=saver.seconds),
+        preprocessing=Preprocessing(
+            intercept=config.intercept, standardize=config.standardize,
+            feature_mean=transform.mean.tolist(), feature_scale=transform.scale.tolist(),
+            y_mean=transform.y_mean))

@@ -25,14 +25,22 @@ import tempfile
 import time
 
 import numpy as np
+from mpi4py import MPI
+from threadpoolctl import threadpool_limits
 
+from .. import rundir
+from ..config import kernel_setting
+from ..launch import run_mpigd
+from ..objective import NUMBA_MIN_BYTES, LeastSquaresShard, choose_kernel, numba_available
+from ..result import Result
+from ..solver import StopRules, gradient_descent
+from ..synthetic import generate
+from ..timing import BCAST, REDUCE, SYNC, PhaseClock
 from . import probe
-from .objective import LeastSquaresShard, numba_available
+from .bench_table import RSS_EXTRA_MB, RSS_FACTOR, table
 
-RSS_FACTOR, RSS_EXTRA_MB = 1.15, 150      # issue 3: peak RSS <= 1.15 x shard + 150 MB
-TARGETS = {"kernel_pct": 90.0, "comm_ratio": 1.15, "clock_pct": 1.0, "startup_s": 1.5,
-           "speedup_of_ceiling_pct": 90.0}
 REFERENCE_ROWS, REFERENCE_FEATURES = 1_000_000, 100    # "an iteration at 1e6 x 100"
+
 
 
 # ---------------------------------------------------------------- kernels vs read floor
@@ -82,11 +90,6 @@ def kernel_case(comm, rows_bytes, features, dtype, repeat):
 
 def comm_case(comm, features, iterations, repeat):
     """Median per-iteration seconds on rank 0: bare Bcast+Reduce vs the real solver loop."""
-    from mpi4py import MPI
-
-    from .solver import StopRules, gradient_descent
-    from .timing import BCAST, REDUCE, SYNC
-
     d = features
     wbuf, packed = np.zeros(d + 1), np.zeros(d + 2)
     total = np.zeros(d + 2) if comm.rank == 0 else None
@@ -134,7 +137,6 @@ def clock_cost_s(comm, iterations=100_000):
     Six perf_counter_ns calls and one PhaseClock.record, against the same loop without
     them: the difference is what the clocks cost (clocks on vs off).
     """
-    from .timing import PhaseClock
 
     class _NoComm:
         def Barrier(self):
@@ -163,36 +165,24 @@ def clock_cost_s(comm, iterations=100_000):
 
 # ---------------------------------------------------------------- runs of the trainer
 
-def _mpirun(ranks, *args, timeout, env=None):
-    """(stdout, wall seconds) of `mpirun -n ranks python -m mpigd ARGS`.
-
-    Through sweep.run_job: a job past its timeout is killed with all its ranks, and a
-    failure raises once, with its stderr.
-    """
-    from .launch import mpi_command
-    from .sweep import run_job
-
+def _mpirun(ranks, *args, timeout):
+    """(stdout, wall seconds) of `mpirun -n ranks python -m mpigd ARGS` (launch.run_mpigd)."""
     started = time.perf_counter()
-    stdout = run_job(mpi_command(ranks, *args), timeout, f"`mpirun -n {ranks} python -m mpigd "
-                     f"{' '.join(map(str, args))}`", env=env)
+    stdout = run_mpigd(ranks, *args, timeout=timeout)
     return stdout, time.perf_counter() - started
 
 
-def _train(ranks, data, out, iters, timeout):
+def _trainer_run(ranks, data, out, iters, timeout) -> Result:
     # The same kernel for 1 and 2 ranks (auto would choose by shard size, and the 2-rank
-    # shards are half as big): the best one available, unless MPIGD_KERNEL names one.
-    kernel = os.environ.get("MPIGD_KERNEL", "auto")
-    if kernel == "auto":
-        kernel = "numba" if numba_available() else "blas"
+    # shards are half as big): what auto takes for big shards, unless --kernel/MPIGD_KERNEL say.
+    kernel = choose_kernel(NUMBA_MIN_BYTES)
     _mpirun(ranks, "--data", data, "--iters", iters, "--tol", 0, "--lr", "1e-9", "--quiet",
-            "--threads", 1, "--out", out, "--force", timeout=timeout, env={"MPIGD_KERNEL": kernel})
-    with open(os.path.join(out, "result.json")) as handle:
-        return json.load(handle)
+            "--threads", 1, "--out", out, "--force", "--kernel", kernel, timeout=timeout)
+    return Result.load(os.path.join(out, rundir.RESULT))
 
 
 def trainer_runs(work, rows_bytes, features, iters, repeat, timeout):
     """1- and 2-rank trainer runs on the same data: speedup, and peak RSS vs shard bytes."""
-    from .synthetic import generate
 
     rows = max(8, rows_bytes // (features * 8))
     data = os.path.join(work, f"bench-{rows}x{features}.h5")
@@ -200,32 +190,32 @@ def trainer_runs(work, rows_bytes, features, iters, repeat, timeout):
     runs = {1: [], 2: []}
     for _ in range(repeat):  # alternate 1 and 2 ranks: a passing load hits both alike
         for ranks in runs:
-            runs[ranks].append(_train(ranks, data, os.path.join(work, f"run-{ranks}"), iters, timeout))
+            runs[ranks].append(_trainer_run(ranks, data, os.path.join(work, f"run-{ranks}"), iters, timeout))
     per_ranks = {}
     for ranks, results in runs.items():
-        s_per_iter = statistics.median(r["s_per_iter"] for r in results)
-        worst = max((r for r in results), key=lambda r: max(p["peak_rss_mb"] for p in r["per_rank"]))
+        s_per_iter = statistics.median(r.s_per_iter for r in results)
+        worst = max(results, key=lambda r: max(p.peak_rss_mb for p in r.per_rank))
         memory = []
-        for p in worst["per_rank"]:
-            shard_mb = p["rows"] * (features + 1) * 8 / 2**20
+        for p in worst.per_rank:
+            shard_mb = p.rows * (features + 1) * 8 / 2**20
             limit_mb = RSS_FACTOR * shard_mb + RSS_EXTRA_MB
-            memory.append({"rank": p["rank"], "shard_mb": shard_mb, "peak_rss_mb": p["peak_rss_mb"],
-                           "rss_over_shard": p["peak_rss_mb"] / shard_mb, "limit_mb": limit_mb,
-                           "within_limit": p["peak_rss_mb"] <= limit_mb})
+            memory.append({"rank": p.rank, "shard_mb": shard_mb, "peak_rss_mb": p.peak_rss_mb,
+                           "rss_over_shard": p.peak_rss_mb / shard_mb, "limit_mb": limit_mb,
+                           "within_limit": p.peak_rss_mb <= limit_mb})
         # Where an iteration goes (median run): the slowest rank's compute, and the wait
         # at the Barrier, which grows when a rank loses time slices to other jobs.
-        middle = sorted(results, key=lambda r: r["s_per_iter"])[len(results) // 2]
-        per_iteration = {f"{phase}_s": middle["phases"][phase][stat] / middle["evaluations"]
-                         for phase, stat in (("compute", "max_s"), ("sync", "mean_s"))}
-        per_ranks[ranks] = {"s_per_iter": s_per_iter, "kernel": results[0].get("kernel"),
-                            "memory": memory, **per_iteration}
+        middle = sorted(results, key=lambda r: r.s_per_iter)[len(results) // 2]
+        per_iteration = {"compute_s": middle.phase_per_iteration("compute", "max_s"),
+                         "sync_s": middle.phase_per_iteration("sync")}
+        kernel = results[0].kernel
+        per_ranks[ranks] = {"s_per_iter": s_per_iter, "memory": memory, **per_iteration,
+                            "kernel": {"name": kernel.name, "setup_s": kernel.setup_s} if kernel else None}
     os.remove(data)
     return rows, per_ranks
 
 
 def startup_runs(work, repeat, timeout):
     """Median wall seconds of `mpirun -n 2 python -m mpigd` on a tiny problem, 10 iterations."""
-    from .synthetic import generate
 
     data = os.path.join(work, "tiny.h5")
     generate(data, 1000, 10)
@@ -237,15 +227,13 @@ def startup_runs(work, repeat, timeout):
 
 # ---------------------------------------------------------------- the command
 
-def run(comm, rows_mb, features, dtypes, repeat, comm_iters=2000, train_iters=50,
+def measure_all(comm, rows_mb, features, dtypes, repeat, comm_iters=2000, train_iters=50,
         skip_runs=False, timeout=900, work_dir=None):
     """Collective. Returns the results dict on rank 0 (None elsewhere)."""
-    from threadpoolctl import threadpool_limits
-
     threadpool_limits(limits=1, user_api="blas")  # one core per rank, like the trainer
     rows_bytes = int(rows_mb * 2**20)
     result = {"ranks": comm.size, "rows_mb": rows_mb, "repeat": repeat, "cpus": os.cpu_count(),
-              "kernel_env": os.environ.get("MPIGD_KERNEL", "auto"), "numba": numba_available(),
+              "kernel_env": kernel_setting(None), "numba": numba_available(),
               "kernels": [kernel_case(comm, rows_bytes, d, t, repeat) for t in dtypes for d in features]}
     result["clock_s"] = clock_cost_s(comm)
     reference = [c for c in result["kernels"] if c["features"] == REFERENCE_FEATURES
@@ -298,88 +286,13 @@ def run_comm_only(comm, features, iterations, repeat):
     return result if comm.rank == 0 else None
 
 
-# ---------------------------------------------------------------- the table
-
-def _ok(flag):
-    return "yes" if flag else "NO"
-
-
-def table(result):
-    """One human-readable table of everything measured."""
-    lines = [f"mpigd bench: {result['ranks']} rank(s) measuring at once, {result['cpus']} CPUs, "
-             f"shard ~{result['rows_mb']:g} MB, medians of {result['repeat']}, "
-             f"numba {'installed' if result['numba'] else 'not installed'}", ""]
-    row = "{:<34} {:>14} {:>14} {:>9} {:>4}"
-    lines.append(row.format("measurement", "measured", "floor/ref", "ratio", "ok"))
-    lines.append("-" * 79)
-    for c in result["kernels"]:
-        what = f"{c['dtype']} d={c['features']} ({c['rows']} rows)"
-        lines.append(row.format(f"probe X@w {what}", f"{c['probe_s'] * 1e3:.1f} ms",
-                                f"{c['probe_gb_s']:.1f} GB/s", "", ""))
-        for name in ("blas", "numba"):
-            k = c[name]
-            if k is None:
-                lines.append(row.format(f"  kernel {name}", "not installed", "", "", ""))
-                continue
-            ok = k["pct_of_floor"] >= TARGETS["kernel_pct"] if c["features"] >= 100 else True
-            lines.append(row.format(f"  kernel {name}", f"{k['seconds'] * 1e3:.1f} ms",
-                                    f"{c['probe_s'] * 1e3:.1f} ms", f"{k['pct_of_floor']:.0f} %",
-                                    _ok(ok) if c["features"] >= 100 else "-"))
-    if "comm" in result:
-        m = result["comm"]
-        lines.append(row.format(f"bare Bcast+Reduce ({m['ranks']} ranks, d={m['features']})",
-                                f"{m['bare_s'] * 1e6:.1f} us", "", "", ""))
-        lines.append(row.format("  trainer bcast+reduce / iter", f"{m['trainer_comm_s'] * 1e6:.1f} us",
-                                f"{m['bare_s'] * 1e6:.1f} us", f"{m['ratio']:.2f} x",
-                                _ok(m["ratio"] <= TARGETS["comm_ratio"])))
-        lines.append(row.format("  trainer + its sync Barrier", f"{m['trainer_comm_sync_s'] * 1e6:.1f} us",
-                                f"{m['bare_s'] * 1e6:.1f} us", f"{m['ratio_with_sync']:.2f} x", "-"))
-    if "clock_pct" in result:
-        lines.append(row.format("clocks per iteration (on - off)", f"{result['clock_s'] * 1e9:.0f} ns",
-                                f"{result['reference_iteration_s'] * 1e3:.1f} ms",
-                                f"{result['clock_pct']:.4f} %",
-                                _ok(result["clock_pct"] < TARGETS["clock_pct"])))
-    if "memory" in result:
-        for ranks, entries in result["memory"]["runs"].items():
-            for e in entries:
-                lines.append(row.format(f"peak RSS, {ranks}-rank run, rank {e['rank']}",
-                                        f"{e['peak_rss_mb']:.0f} MB", f"{e['shard_mb']:.0f} MB shard",
-                                        f"{e['rss_over_shard']:.2f} x", _ok(e["within_limit"])))
-    if "startup_s" in result:
-        lines.append(row.format("start-up, tiny 2-rank 10-iter run", f"{result['startup_s']:.2f} s",
-                                f"{TARGETS['startup_s']} s", "",
-                                _ok(result["startup_s"] < TARGETS["startup_s"])))
-    if "scaling" in result:
-        s = result["scaling"]
-        lines.append(row.format("read bandwidth 1 / 2 processes", f"{s['bandwidth_1_gb_s']:.1f} GB/s",
-                                f"{s['bandwidth_2_gb_s']:.1f} GB/s", f"{s['ceiling']:.2f} x", ""))
-        lines.append(row.format("trainer s/iter 1 -> 2 ranks", f"{s['s_per_iter_1'] * 1e3:.1f} ms",
-                                f"{s['s_per_iter_2'] * 1e3:.1f} ms", f"{s['speedup']:.2f} x", ""))
-        compute_speedup = s["compute_s_1"] / s["compute_s_2"]
-        lines.append(row.format("  compute/iter (slowest rank)", f"{s['compute_s_1'] * 1e3:.1f} ms",
-                                f"{s['compute_s_2'] * 1e3:.1f} ms", f"{compute_speedup:.2f} x", ""))
-        lines.append(row.format("  sync wait/iter, 2 ranks", f"{s['sync_s_2'] * 1e3:.1f} ms", "", "", ""))
-        lines.append(row.format("  speedup / bandwidth ceiling", f"{s['speedup']:.2f} x",
-                                f"{s['ceiling']:.2f} x", f"{s['pct_of_ceiling']:.0f} %",
-                                _ok(s["pct_of_ceiling"] >= TARGETS["speedup_of_ceiling_pct"])))
-    if result["ranks"] > 1:
-        lines.append("peak RSS, start-up, scaling: skipped under mpirun (run the bench without mpirun)")
-    lines.append("")
-    lines.append("targets: kernel >= 90 % of the read floor (d >= 100); trainer comm <= 1.15 x bare; "
-                 "clocks < 1 % of an iteration at 1e6 x 100; peak RSS <= 1.15 x shard + 150 MB; "
-                 "start-up < 1.5 s; speedup >= 90 % of the bandwidth ceiling")
-    return "\n".join(lines)
-
-
 def command(args):
     """The `bench` subcommand (arguments already parsed and checked)."""
-    from mpi4py import MPI  # MPI starts only now: parsing errors never needed it
-
     comm = MPI.COMM_WORLD
     if args.part == "comm":
         result = run_comm_only(comm, args.features[0], args.comm_iters, args.repeat)
     else:
-        result = run(comm, args.rows_mb, args.features, args.dtype, args.repeat,
+        result = measure_all(comm, args.rows_mb, args.features, args.dtype, args.repeat,
                      comm_iters=args.comm_iters, train_iters=args.train_iters,
                      skip_runs=args.no_runs, work_dir=args.work_dir)
     if comm.rank == 0:

@@ -10,11 +10,11 @@ Every figure says what is on its axes, in which unit, and for which problem.
     loss.png        loss vs iteration and vs wall-clock time for one run
 """
 
-import csv
-import json
 import os
 
-from .errors import MpigdError
+from .. import rundir
+from ..errors import MpigdError
+from ..result import Result
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 PARTS = (("compute_s", "compute (mean over ranks)", "tab:blue"),
@@ -187,16 +187,15 @@ def plot_straggler(report, out):
 
 
 def _read_history(run_dir):
-    path = os.path.join(run_dir, "history.csv")
     try:
-        with open(path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        with open(os.path.join(run_dir, "result.json")) as handle:
-            result = json.load(handle)
+        rows = rundir.read_history(run_dir)
     except OSError as exc:
         raise MpigdError(f"cannot read the run in {run_dir} ({exc.strerror or exc}); give a run directory "
                          "that holds history.csv and result.json") from None
-    return rows, result
+    if not os.path.exists(os.path.join(run_dir, rundir.RESULT)):
+        raise MpigdError(f"cannot read the run in {run_dir} (no {rundir.RESULT}); give a run directory "
+                         "that holds history.csv and result.json")
+    return rows, Result.load(os.path.join(run_dir, rundir.RESULT))
 
 
 def plot_loss(run_dir, out):
@@ -216,7 +215,7 @@ def plot_loss(run_dir, out):
     elapsed, clock = [], 0.0
     for step in steps:
         clock += step
-        elapsed.append(clock * result["wall_s"] / total)
+        elapsed.append(clock * result.wall_s / total)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
     positive = all(v > 0 for v in loss)
     for ax, x, label in ((left, iterations, "iteration t"), (right, elapsed, "wall-clock time (s)")):
@@ -228,9 +227,9 @@ def plot_loss(run_dir, out):
         ax.grid(True, alpha=0.3)
     left.set_title("loss vs iteration", fontsize=10)
     right.set_title("loss vs wall-clock time (training loop)", fontsize=10)
-    fig.suptitle(f"{result['ranks']} ranks, {result.get('mode', 'server')} mode: {result['rows']} rows x "
-                 f"{result['features']} features, {result['iterations']} iterations, "
-                 f"{1e3 * result['s_per_iter']:.2f} ms/iteration", fontsize=10)
+    fig.suptitle(f"{result.ranks} ranks, {result.mode} mode: {result.rows} rows x "
+                 f"{result.features} features, {result.iterations} iterations, "
+                 f"{1e3 * result.s_per_iter:.2f} ms/iteration", fontsize=10)
     os.makedirs(out, exist_ok=True)
     return _save(fig, os.path.join(out, "loss.png"))
 

@@ -7,7 +7,7 @@ shard IS that floor, and nbytes / time the bandwidth the kernel is judged agains
 Two ranks on a node share the memory system, so their ceiling for a memory-bound loop
 is not 2x: `concurrent_bandwidth` starts P plain processes (no MPI), lets each allocate
 and warm up its own array, releases them at once through their stdin, and sums what they
-read. `python -m mpigd.probe` is one such process.
+read. `python -m mpigd.studies.probe` is one such process.
 """
 
 import json
@@ -65,7 +65,7 @@ def _worker(nbytes, features, dtype, repeat):
 
 def concurrent_bandwidth(processes, nbytes, features=100, dtype="float64", repeat=5, timeout=600):
     """Total GB/s of `processes` processes each streaming its own `nbytes` array at once."""
-    argv = [sys.executable, "-m", "mpigd.probe", str(nbytes), str(features), dtype, str(repeat)]
+    argv = [sys.executable, "-m", "mpigd.studies.probe", str(nbytes), str(features), dtype, str(repeat)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
              for _ in range(processes)]

@@ -1,0 +1,68 @@
+"""What rank 0 shows on the console: progress while training, and the summary at the end.
+
+Files are written elsewhere (rundir.py, result.py); this module only prints.
+"""
+
+import sys
+import time
+
+from .result import Result
+from .timing import PHASES
+
+
+class Progress:
+    """Rank 0's progress: a live line on a terminal, plain lines in batch logs."""
+
+    def __init__(self, max_iters, enabled, stream=sys.stdout, start=0):
+        self.max_iters, self.enabled, self.stream, self.start = max_iters, enabled, stream, start
+        self.tty = enabled and stream.isatty()
+        self.every = max(1, max_iters // 10)
+        self.last = time.monotonic()
+
+    def __call__(self, t, rules):
+        if not self.enabled or rules is None:
+            return
+        now = time.monotonic()
+        done = bool(rules.reason)
+        if self.tty:
+            if done or now - self.last > 0.1:
+                self.last = now
+                width = 30
+                filled = int(width * min(t, self.max_iters) / self.max_iters)
+                bar = "#" * filled + "." * (width - filled)
+                self.stream.write(f"\r  [{bar}] {t}/{self.max_iters}  loss {rules.loss[t]:.6e}"
+                                  + ("\n" if done else ""))
+                self.stream.flush()
+        elif done or t == self.start or t % self.every == 0 or now - self.last > 30:
+            self.last = now
+            rel = rules.grad_norm[t] / rules.grad_norm[0] if rules.grad_norm[0] else 0.0
+            print(f"  iter {t:>6}/{self.max_iters}  loss {rules.loss[t]:.6e}  |g|/|g0| {rel:.3e}",
+                  file=self.stream, flush=True)
+
+
+def summary(result: Result) -> str:
+    """The console summary: what ran, how it ended, and where the time went."""
+    r, wall = result, result.wall_s
+    lines = [
+        "",
+        f"mpigd {r.version}: {r.ranks} ranks ({r.workers} workers), "
+        f"{r.rows} rows x {r.features} features, {r.dtype}",
+        f"  stopped: {r.stop_reason} after {r.iterations} iterations "
+        f"({r.evaluations} gradient passes), lr {r.lr:.6g}",
+        f"  final loss {r.final_loss:.9e}   |g|/|g0| {r.grad_norm_rel:.3e}",
+        f"  load {r.load_s:.3f} s   train {wall:.3f} s   {1e3 * r.s_per_iter:.3f} ms/iteration",
+        "",
+        f"  {'phase':<8} {'mean s':>10} {'max s':>10} {'% wall':>7}",
+    ]
+    for name in PHASES:
+        stats = r.phases[name]
+        share = 100 * stats.mean_s / wall if wall > 0 else 0.0
+        lines.append(f"  {name:<8} {stats.mean_s:>10.4f} {stats.max_s:>10.4f} {share:>6.1f}%")
+    lines.append(f"  imbalance (max/mean compute): {r.imbalance:.3f}")
+    return "\n".join(lines)
+
+
+def quiet_summary(result: Result) -> str:
+    """The one line of --quiet."""
+    return (f"mpigd: {result.stop_reason} after {result.iterations} iterations, "
+            f"final loss {result.final_loss:.9e}, {result.wall_s:.3f} s")

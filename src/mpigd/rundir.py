@@ -1,0 +1,163 @@
+"""The run directory: its file names, the one way files are written, and its tables.
+
+A run directory holds (rank 0 writes them):
+  result.json           the run's numbers (result.Result); written last, so its presence
+                        means the run completed
+  history.csv           per gradient pass: loss, gradient norm, per-phase max over ranks
+  history-diverged.csv  the same, when the run diverged (then there is no result.json)
+  weights.h5            w in original units, the intercept, the config as attributes
+  trace.json            the phases of every rank on one timeline (--trace)
+  checkpoint.h5         where an unfinished run stood (checkpoint.py)
+
+A sweep directory (mpigd.studies) holds sweep.json, comm_model.json and the scaling
+report files next to one run directory per run.
+
+Every file is written through `atomic_write`: under a temporary name in the same
+directory, flushed and fsynced, renamed over the target, and the directory fsynced, so a
+reader (or a crash) sees the old file or the new one, never a torn one.
+"""
+
+import csv
+import json
+import os
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from .errors import MpigdError
+
+RESULT = "result.json"
+HISTORY = "history.csv"
+HISTORY_DIVERGED = "history-diverged.csv"
+WEIGHTS = "weights.h5"
+TRACE = "trace.json"
+CHECKPOINT = "checkpoint.h5"
+
+SWEEP = "sweep.json"
+MODEL = "comm_model.json"
+REPORT_FILES = ("scaling.csv", "scaling.json", "scaling.txt")
+
+
+def _fsync_path(path: str) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def atomic_write(path: str, write: Callable[[str], None]) -> str:
+    """Create `path` atomically: `write(partial_path)` fills a temporary file, then rename.
+
+    The temporary file is removed if anything fails (including KeyboardInterrupt), so no
+    half-written file is ever left under either name.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    partial = f"{path}.partial-{os.getpid()}"
+    try:
+        write(partial)
+        _fsync_path(partial)
+        os.replace(partial, path)
+        _fsync_path(directory)  # make the rename itself durable
+    except BaseException:
+        if os.path.exists(partial):
+            os.remove(partial)
+        raise
+    return path
+
+
+def write_text(path: str, text: str) -> str:
+    """Write a text file atomically."""
+    def write(partial):
+        with open(partial, "w", newline="") as handle:
+            handle.write(text)
+
+    return atomic_write(path, write)
+
+
+def write_json(path: str, payload, default: Callable | None = None) -> str:
+    """Write `payload` as indented JSON, atomically."""
+    return write_text(path, json.dumps(payload, indent=2, default=default) + "\n")
+
+
+def check_writable(directory: str, what: str) -> None:
+    """Create `directory` and prove a file can be written there, or say why not."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        probe = os.path.join(directory, f".write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise MpigdError(f"{what} {directory} is not writable ({exc.strerror or exc}); "
+                         "choose another --out") from None
+
+
+def choose_run_dir(out: str | None, force: bool) -> str:
+    """Create and check the run directory on rank 0, before any data is read.
+
+    Without --out a fresh runs/<timestamp> is made; an explicit directory that already
+    holds a result is refused unless --force, and an unwritable one is refused at once.
+    """
+    if out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = os.path.join("runs", stamp)
+        suffix = 1
+        while os.path.exists(out):
+            suffix += 1
+            out = os.path.join("runs", f"{stamp}-{suffix}")
+    elif os.path.exists(out) and not os.path.isdir(out):
+        raise MpigdError(f"--out {out} is a file, not a directory; choose another --out")
+    elif os.path.exists(os.path.join(out, RESULT)) and not force:
+        raise MpigdError(
+            f"{out} already holds a result ({RESULT}); choose another --out or pass --force"
+        )
+    check_writable(out, "output directory")
+    return out
+
+
+def write_history(path: str, loss: np.ndarray, grad_norm: np.ndarray, seconds: np.ndarray,
+                  phases: tuple[str, ...], first_timed: int = 0) -> str:
+    """One row per gradient pass t: loss and gradient norm at w_t, phase max over ranks.
+
+    In a resumed run the iterations before `first_timed` come from the checkpoint, which
+    keeps no timings: their phase columns are empty.
+    """
+    worst = seconds.max(axis=0)  # iterations x phases
+    lines = ["iteration,loss,grad_norm," + ",".join(f"{p}_max_s" for p in phases)]
+    for t in range(len(loss)):
+        timed = t - first_timed
+        cells = ",".join(f"{v:.9f}" for v in worst[timed]) if timed >= 0 else "," * (len(phases) - 1)
+        lines.append(f"{t},{loss[t]:.17g},{grad_norm[t]:.17g},{cells}")
+    return write_text(path, "\n".join(lines) + "\n")
+
+
+def read_history(run_dir: str) -> list[dict[str, str]]:
+    """The rows of a run's history.csv as dicts of strings (OSError if it is missing)."""
+    with open(os.path.join(run_dir, HISTORY), newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def history_mean(run_dir: str, column: str) -> float | None:
+    """Mean of one numeric column of history.csv; None if absent or unreadable."""
+    try:
+        values = [float(row[column]) for row in read_history(run_dir)]
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+    return sum(values) / len(values) if values else None
+
+
+def write_weights(path: str, w: np.ndarray, intercept: float | None, config: dict) -> str:
+    """weights.h5: w (original units), the intercept if fitted, the config as attributes."""
+    import h5py
+
+    def write(partial):
+        with h5py.File(partial, "w") as f:
+            f.create_dataset("w", data=w)
+            if intercept is not None:
+                f.create_dataset("intercept", data=intercept)
+            for key, value in config.items():
+                f.attrs[key] = "" if value is None else value
+
+    return atomic_write(path, write)
