@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import mpirun
-from mpigd.commbench import (fit_hockney, fit_segments, iteration_comm, message_sizes, parse_size,
-                             predict, tree_factor)
+from mpigd.studies.commbench import message_sizes, parse_size
+from mpigd.studies.hockney import fit_hockney, fit_segments, iteration_comm, predict, tree_factor
 
 SIZES = [8 << k for k in range(24)]  # 8 B ... 64 MB, as the benchmark's default range
 

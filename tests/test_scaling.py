@@ -14,9 +14,8 @@ import h5py
 import pytest
 
 from conftest import mpirun
-from mpigd.launch import find_mpiexec
-from mpigd.scaling import infer_kind, speedups
-from mpigd.sweep import launcher_argv
+from mpigd.launch import find_mpiexec, launcher_argv
+from mpigd.studies.scaling import infer_kind, speedups
 
 SWEEP_TIMEOUT = 240
 

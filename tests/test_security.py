@@ -24,7 +24,7 @@ from conftest import mpirun, python_m, write_h5
 from mpigd.launch import find_mpiexec
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "mpigd"
-MODULES = sorted(SOURCE.glob("*.py"))
+MODULES = sorted(SOURCE.rglob("*.py"))  # subpackages (studies/, ...) included
 
 # mpi4py's lowercase methods pickle their argument (and unpickle what arrives).
 PICKLING_METHODS = {
@@ -167,13 +167,13 @@ def test_the_checker_lets_pass(snippet):
     assert not findings(snippet), snippet
 
 
-@pytest.mark.parametrize("path", MODULES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(SOURCE)))
 def test_no_pickle_no_eval_in(path):
     """Buffers, not pickles: only uppercase mpi4py calls; nothing is ever evaluated."""
     assert findings(path.read_text(), path.name) == []
 
 
-@pytest.mark.parametrize("path", MODULES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(SOURCE)))
 def test_hdf5_files_are_read_only_or_written_whole(path):
     """Every h5py.File names its mode; a write mode only ever creates a temporary file
     that is renamed into place afterwards, so no existing file (an input) is modified."""
@@ -184,7 +184,7 @@ def test_hdf5_files_are_read_only_or_written_whole(path):
 
 
 def test_inputs_are_opened_read_only():
-    opens = {path.name: h5py_opens(path.read_text(), path.name) for path in MODULES}
+    opens = {str(path.relative_to(SOURCE)): h5py_opens(path.read_text(), path.name) for path in MODULES}
     assert [mode for _, mode, _ in opens["data.py"]] == ["r"]  # the training data
     assert "r" in [mode for _, mode, _ in opens["checkpoint.py"]]  # the checkpoint to resume
 
