@@ -109,7 +109,7 @@ def test_outputs(problem, tmp_path):
         assert key in result, key
     assert result["config"]["iters"] == 12 and result["config"]["straggler"] == "1:0"
     assert result["threads"]["applied"] == 1  # one BLAS thread per rank when ranks > 1
-    for phase in ("compute", "bcast", "reduce", "update", "sync"):
+    for phase in ("compute", "bcast", "reduce", "update", "sync", "comm_wait"):
         assert set(result["phases"][phase]) == {"mean_s", "min_s", "max_s"}
     assert [e["row_range"] for e in result["per_rank"]] == [[0, 502], [502, 1003]]
     with open(os.path.join(out, "history.csv")) as handle:
@@ -117,7 +117,7 @@ def test_outputs(problem, tmp_path):
     assert len(history) == result["evaluations"] == 13
     assert float(history[-1]["loss"]) == pytest.approx(result["final_loss"], rel=1e-15)
     assert list(history[0]) == ["iteration", "loss", "grad_norm", "compute_max_s", "bcast_max_s",
-                                "reduce_max_s", "update_max_s", "sync_max_s"]
+                                "reduce_max_s", "update_max_s", "sync_max_s", "comm_wait_max_s"]
     with h5py.File(os.path.join(out, "weights.h5"), "r") as f:
         assert f["w"].shape == (6,) and f.attrs["iters"] == 12
     # The console summary, printed once.

@@ -52,12 +52,12 @@ def summary(result: Result) -> str:
         f"  final loss {r.final_loss:.9e}   |g|/|g0| {r.grad_norm_rel:.3e}",
         f"  load {r.load_s:.3f} s   train {wall:.3f} s   {1e3 * r.s_per_iter:.3f} ms/iteration",
         "",
-        f"  {'phase':<8} {'mean s':>10} {'max s':>10} {'% wall':>7}",
+        f"  {'phase':<9} {'mean s':>10} {'max s':>10} {'% wall':>7}",
     ]
     for name in PHASES:
         stats = r.phases[name]
         share = 100 * stats.mean_s / wall if wall > 0 else 0.0
-        lines.append(f"  {name:<8} {stats.mean_s:>10.4f} {stats.max_s:>10.4f} {share:>6.1f}%")
+        lines.append(f"  {name:<9} {stats.mean_s:>10.4f} {stats.max_s:>10.4f} {share:>6.1f}%")
     lines.append(f"  imbalance (max/mean compute): {r.imbalance:.3f}")
     return "\n".join(lines)
 

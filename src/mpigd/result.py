@@ -44,6 +44,7 @@ class RankEntry:
     reduce_s: float
     update_s: float
     sync_s: float
+    comm_wait_s: float = 0.0   # absent in results of mpigd < 0.2
 
 
 @dataclass
@@ -114,6 +115,7 @@ class Result:
     kernel: KernelInfo | None = None
     checkpoints: CheckpointStats | None = None
     preprocessing: Preprocessing | None = None
+    clocks: dict | None = None   # offsets of every rank's clock to rank 0's (clocks.py)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -2,8 +2,9 @@
 
 Opens in Perfetto (ui.perfetto.dev) or chrome://tracing: one track per rank, one span
 per phase and iteration ("X" complete events, microseconds). Within an iteration the
-phases run in the order bcast, compute, sync, reduce, update, so their start times follow
-from the iteration's start and the durations.
+phases run in the order bcast, compute, (Barrier: sync, comm_wait), reduce, update, so
+their start times follow from the iteration's start and the durations. Iteration starts
+of other hosts are put on rank 0's clock with the offsets measured by clocks.py.
 """
 
 import json
@@ -11,9 +12,10 @@ import json
 import numpy as np
 
 from . import rundir
-from .timing import BCAST, COMPUTE, PHASES, REDUCE, SYNC, UPDATE
+from .timing import BCAST, COMM_WAIT, COMPUTE, PHASES, REDUCE, SYNC, UPDATE
 
-ORDER = (BCAST, COMPUTE, SYNC, REDUCE, UPDATE)
+# The Barrier's wait is drawn as its sync part, then its comm_wait part (timing.py).
+ORDER = (BCAST, COMPUTE, SYNC, COMM_WAIT, REDUCE, UPDATE)
 
 
 def events(seconds: np.ndarray, starts: np.ndarray, first_iteration: int = 0) -> list[dict]:
@@ -37,7 +39,10 @@ def events(seconds: np.ndarray, starts: np.ndarray, first_iteration: int = 0) ->
     return out
 
 
-def write(path: str, seconds: np.ndarray, starts: np.ndarray, first_iteration: int = 0) -> str:
-    """trace.json, atomically."""
-    trace = {"traceEvents": events(seconds, starts, first_iteration), "displayTimeUnit": "ms"}
+def write(path: str, seconds: np.ndarray, starts: np.ndarray, first_iteration: int = 0,
+          clocks: list[dict] | None = None) -> str:
+    """trace.json, atomically; `starts` on rank 0's clock (clocks.aligned_starts)."""
+    trace = {"traceEvents": events(seconds, starts, first_iteration), "displayTimeUnit": "ms",
+             "otherData": {"clock_alignment": "ping-pong with rank 0 before and after the loop "
+                           "(clocks.py); uncertainty per rank below", "clocks": clocks or []}}
     return rundir.write_text(path, json.dumps(trace))

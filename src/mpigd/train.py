@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-from . import __version__, checkpoint, data, faults, rundir, stepsize, synthetic, trace
+from . import __version__, checkpoint, clocks, data, faults, rundir, stepsize, synthetic, trace
 from .comm import agreed
 from .config import Mode, TrainConfig
 from .environment import blas_threads, gather_rank_facts, mpi_library, slurm_info
@@ -82,8 +82,8 @@ def run(config: TrainConfig, comm: MPI.Comm = MPI.COMM_WORLD,
             prepared = prepare(job)
             step = resume.step if resume else stepsize.choose(
                 comm, prepared.shard, prepared.info.features, config.lr, config.seed)
-            saver, trajectory = descend(job, prepared, step)
-            return finish(job, prepared, step, saver, trajectory)
+            saver, trajectory, alignment = descend(job, prepared, step)
+            return finish(job, prepared, step, saver, trajectory, alignment)
     except BaseException:
         # A run that failed before writing anything leaves no empty directory behind.
         if fresh and run_dir and os.path.isdir(run_dir) and not os.listdir(run_dir):
@@ -190,8 +190,12 @@ class _AfterIteration:
             faults.fail(f"loop iteration {t}", self.rank)
 
 
-def descend(job: Job, prepared: Prepared, step: StepSize) -> tuple[checkpoint.Saver, Trajectory]:
-    """Collective: the training loop from w_0 (or the checkpoint's w_t) to an Outcome."""
+def descend(job: Job, prepared: Prepared, step: StepSize):
+    """Collective: the training loop from w_0 (or the checkpoint's w_t) to an Outcome.
+
+    Returns (the checkpoint saver, the Trajectory, the clock Alignment on rank 0), the
+    clocks being compared with rank 0's just before and just after the loop.
+    """
     config, resume = job.config, job.resume
     if resume is not None:
         w0 = resume.w
@@ -204,16 +208,18 @@ def descend(job: Job, prepared: Prepared, step: StepSize) -> tuple[checkpoint.Sa
     loop = peer_to_peer_descent if config.mode is Mode.ALLREDUCE else gradient_descent
     # Overflow is detected (rules.decide checks loss and |g| every iteration) and reported
     # as divergence: numpy's own warnings would only add noise to that one message.
+    before = clocks.measure(job.comm)
     with np.errstate(over="ignore", invalid="ignore"):
         trajectory = loop(job.comm, prepared.shard, w0, step.lr, rules, straggle_s=job.straggle_s,
                           stop=job.stop, on_iteration=_AfterIteration(job, rules, saver))
-    return saver, trajectory
+    after = clocks.measure(job.comm)
+    return saver, trajectory, (clocks.Alignment(before, after) if before is not None else None)
 
 
 # --- finish --------------------------------------------------------------------------------
 
 def finish(job: Job, prepared: Prepared, step: StepSize, saver: checkpoint.Saver,
-           trajectory: Trajectory) -> Result | None:
+           trajectory: Trajectory, alignment: clocks.Alignment | None) -> Result | None:
     """Collective: end a diverged or terminated run with its message, else write the results."""
     comm, root = job.comm, job.comm.rank == 0
     seconds, starts = trajectory.clock.gather(comm)
@@ -230,7 +236,11 @@ def finish(job: Job, prepared: Prepared, step: StepSize, saver: checkpoint.Saver
     with agreed(comm, "writing the results"):
         if root:
             result = _result(job, prepared, step, saver, trajectory, seconds, facts)
-            _write_run(job, prepared, result, trajectory, seconds, starts)
+            result.clocks = {"method": "ping-pong with rank 0 before and after the loop, "
+                             f"minimum round trip of {clocks.ROUNDS}; drift interpolated; "
+                             "uncertainty = half that round trip", "per_rank": alignment.summary()}
+            _write_run(job, prepared, result, trajectory, seconds,
+                       clocks.aligned_starts(alignment, starts))
     return result
 
 
@@ -278,7 +288,8 @@ def _write_run(job, prepared, result, trajectory, seconds, starts):
     rundir.write_weights(os.path.join(run_dir, rundir.WEIGHTS), w,
                          intercept if config.intercept else None, result.config)
     if config.trace:
-        trace.write(os.path.join(run_dir, rundir.TRACE), seconds, starts, start)
+        trace.write(os.path.join(run_dir, rundir.TRACE), seconds, starts, start,
+                    result.clocks["per_rank"])
     result.save(os.path.join(run_dir, rundir.RESULT))
     stale = os.path.join(run_dir, rundir.CHECKPOINT)
     if os.path.exists(stale):
@@ -315,7 +326,11 @@ def _result(job, prepared, step, saver, trajectory, seconds, facts) -> Result:
         phases={name: PhaseSummary(**values) for name, values in stats.items()},
         per_rank=_per_rank(facts, totals), imbalance=imbalance(totals, holds_rows),
         threads=job.threads, slurm=slurm_info(), mpi=mpi_library(),
-        timing={"clock": "time.perf_counter_ns", "sync": "Barrier before Reduce",
+        timing={"clock": "time.perf_counter_ns",
+                "sync": "the part of the wait at the Barrier before the Reduce that the slowest "
+                        "rank's longer compute explains (max over ranks of compute - own compute)",
+                "comm_wait": "the rest of that wait: messages in flight (w received late "
+                             "elsewhere, the Barrier's latency)",
                 "wall_s": "first Bcast to last update (this segment, if resumed)",
                 "load_s": "max over ranks"},
         started=job.started, resumed_from=job.resume.iteration if job.resume else None,

@@ -18,7 +18,7 @@ from ..result import Result
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 PARTS = (("compute_s", "compute (mean over ranks)", "tab:blue"),
-         ("comm_s", "comm (Bcast + Reduce)", "tab:orange"),
+         ("comm_s", "comm (Bcast + Reduce + messages in flight)", "tab:orange"),
          ("sync_s", "sync (wait for the slowest)", "tab:red"),
          ("update_s", "update (server)", "tab:gray"))
 

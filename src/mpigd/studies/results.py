@@ -60,9 +60,11 @@ def summarize_run(path: str) -> dict:
         "compute_s": per_iter("compute"), "compute_max_s": per_iter("compute", "max_s"),
         "bcast_s": per_iter("bcast"), "reduce_s": per_iter("reduce"),
         "sync_s": per_iter("sync"), "sync_max_s": per_iter("sync", "max_s"),
+        "comm_wait_s": per_iter("comm_wait"),
         "update_s": per_iter("update"), "imbalance": result.imbalance,
     }
-    run["comm_s"] = run["bcast_s"] + run["reduce_s"]
+    # Communication is the collectives plus waiting for messages in flight (timing.py).
+    run["comm_s"] = run["bcast_s"] + run["reduce_s"] + run["comm_wait_s"]
     slowest = rundir.history_mean(run["run_dir"], "compute_max_s")
     run["compute_slowest_s"] = run["compute_max_s"] if slowest is None else slowest
     run["imbalance_iter"] = (run["compute_slowest_s"] / run["compute_s"] if run["compute_s"] > 0

@@ -79,7 +79,7 @@ def group_series(runs, kind="auto"):
 
 
 _MEDIAN_FIELDS = ("s_per_iter", "compute_s", "compute_max_s", "compute_slowest_s", "bcast_s", "reduce_s",
-                  "comm_s", "sync_s", "sync_max_s", "update_s", "imbalance", "imbalance_iter", "load_s")
+                  "comm_s", "comm_wait_s", "sync_s", "sync_max_s", "update_s", "imbalance", "imbalance_iter", "load_s")
 
 
 def aggregate(runs):
@@ -200,8 +200,9 @@ DEFINITIONS = {
     "compute_slowest_s": "mean over iterations of the max over ranks of compute (history.csv)",
     "imbalance": "max/mean of per-rank compute totals (result.json)",
     "imbalance_iter": "compute_slowest_s / compute_s: what a synchronous iteration pays",
-    "comm_s": "bcast + reduce per iteration, mean over ranks",
-    "sync_s": "Barrier wait before the Reduce per iteration, mean over ranks",
+    "comm_s": "bcast + reduce + comm_wait per iteration, mean over ranks",
+    "comm_wait_s": "Barrier wait not explained by compute imbalance (messages in flight)",
+    "sync_s": "Barrier wait explained by the slowest rank's longer compute, mean over ranks",
     "predicted_s": "T_compute(b) * rows per worker ratio * imbalance_iter(m) + T_update(b) + "
                    "T_comm(m) [+ straggler delay]",
     "error": "predicted_s / s_per_iter - 1",

@@ -110,7 +110,8 @@ def format_straggler(effect: dict) -> str:
 LEGEND = """\
 times in ms per iteration (training loop only; median of the repeats):
   compute  mean over ranks of the local gradient     slowest  the slowest rank's compute, per iteration
-  comm     Bcast + Reduce, mean over ranks           sync     Barrier wait before the Reduce, mean over ranks
+  comm     Bcast + Reduce + waits for messages in flight, mean over ranks
+  sync     the wait for the slowest rank's longer compute (a straggler), mean over ranks
   update   the server's w update                     imbal    slowest / compute (1 = perfectly even)
 speedup = T_b / T_m (weak: m/b * T_b / T_m), efficiency = speedup * b / m, b = the series' smallest rank count
 predicted = T_compute(b) * rows-per-worker ratio * imbal(m) + T_update(b) + T_comm(m) [+ straggler delay],
