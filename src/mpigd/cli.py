@@ -7,10 +7,10 @@ Parsing never starts MPI, and only rank 0 prints help or usage errors, so a typo
 import argparse
 import sys
 
-from . import __version__
+from . import __version__, importer
 from .errors import MpigdError, launcher_rank
 
-COMMANDS = ("train", "generate", "scale", "scale-report", "bench-comm", "plot", "bench")
+COMMANDS = ("train", "generate", "import", "scale", "scale-report", "bench-comm", "plot", "bench")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -228,6 +228,7 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     _train_parser(sub)
     _generate_parser(sub)
+    importer.add_parser(sub)
     _scale_parser(sub)
     _scale_report_parser(sub)
     _bench_comm_parser(sub)
@@ -248,6 +249,8 @@ def main(argv=None):
                          f"(see `python -m mpigd{command} --help`)")
     if args.command == "generate":
         return _generate(args)
+    if args.command == "import":
+        return importer.command(args)
     if args.command in ("scale", "scale-report", "plot"):
         from . import scaling
 
