@@ -165,7 +165,8 @@ def missing_error(source: str, first_row: int, columns: dict, limit: int = 5) ->
         bad = np.flatnonzero(array < 0) if array.dtype.kind == "i" else np.flatnonzero(~np.isfinite(array))
         if len(bad):
             rows = ", ".join(str(first_row + int(i)) for i in bad[:limit])
-            parts.append(f"'{name}' at data rows {rows}" + (" ..." if len(bad) > limit else ""))
+            word = "row" if len(bad) == 1 else "rows"
+            parts.append(f"'{name}' at data {word} {rows}" + (" ..." if len(bad) > limit else ""))
     return MpigdError(f"missing or non-finite values in {source}: column {'; column '.join(parts[:3])} "
                       "(rows are 1-based, header not counted); fill them in, or leave such rows "
                       "out with --missing drop")

@@ -54,8 +54,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="of X and y [float64]")
     p.add_argument("--max-categories", type=int, default=DEFAULT_MAX_CATEGORIES, metavar="N",
                    help=f"refuse a categorical column with more distinct values [{DEFAULT_MAX_CATEGORIES}]")
-    p.add_argument("--block-mb", type=float, default=16.0, metavar="MB",
-                   help="bytes of CSV per block (Parquet: about as many values) [16]")
+    p.add_argument("--block-mb", type=float, default=1.0, metavar="MB",
+                   help="MiB of CSV per block; memory is about 32 blocks (pyarrow reads ahead) plus "
+                   "one block's X (Parquet: batches of about this many bytes of values) [1]")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
     return p
@@ -67,6 +68,7 @@ class Plan:
 
     columns: list  # (name, kind) with kind 'numeric' or 'categorical', in --features order
     ignored: list  # (name, why)
+    guessed: set = None  # categorical because they hold text (auto), not because --categorical said so
 
 
 def parse_delimiter(text: "str | None") -> "str | None":
@@ -97,8 +99,9 @@ def plan_columns(table, target: str, features: "list[str] | None", categorical: 
             raise MpigdError(f"--categorical names '{name}', which is not a column of {table.path} ({listing})")
         if name == target:
             raise MpigdError(f"--categorical names the target '{target}'; the target must be numeric")
+    guessed = {c.name for c in table.columns if c.kind == "text"} if chosen is None else set()
     if features is not None:
-        return Plan(_explicit(table, target, features, categorical, chosen, listing), [])
+        return Plan(_explicit(table, target, features, categorical, chosen, listing), [], guessed)
     columns, ignored = [], []
     for info in table.columns:
         if info.name == target:
@@ -108,7 +111,7 @@ def plan_columns(table, target: str, features: "list[str] | None", categorical: 
             columns.append((info.name, kind))
         else:
             ignored.append((info.name, f"{info.kind} ({info.arrow_type})"))
-    return Plan(columns, ignored)
+    return Plan(columns, ignored, guessed)
 
 
 def _check_target(table, target):
@@ -195,6 +198,8 @@ def scan(table, plan: Plan, target: str, missing: str, max_categories: int) -> S
                                 {n: np.where(bad_by_column[n], np.nan, 0.0) for n in ordered})
         keep = pa.array(~bad)
         for name in categorical:
+            if name in plan.guessed:
+                _refuse_mostly_numbers(pa, table.path, name, batch.column(name), first_row)
             found[name].update(pa.compute.unique(batch.column(name).filter(keep)).to_pylist())
             if len(found[name]) > max_categories:
                 raise MpigdError(f"categorical column '{name}' of {table.path} has more than "
@@ -203,6 +208,24 @@ def scan(table, plan: Plan, target: str, missing: str, max_categories: int) -> S
         rows += batch.num_rows
         kept += int((~bad).sum())
     return Scan(rows, kept, {n: sorted(v) for n, v in found.items()}, counts)
+
+
+# A number as pyarrow's CSV reader accepts it: the test for "a numeric column with a typo".
+_NUMBER = r"^\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\s*$|^\s*[-+]?inf(inity)?\s*$"
+
+
+def _refuse_mostly_numbers(pa, path, name, column, first_row):
+    """A text column whose values are mostly numbers is a numeric column with a typo in it
+    (pyarrow saw text in its first block): say so rather than one-hot encode the numbers."""
+    from .tables import TextInNumericColumn
+
+    numbers = pa.compute.match_substring_regex(column, _NUMBER, ignore_case=True)
+    count, valid = pa.compute.sum(numbers).as_py() or 0, column.null_count
+    if count * 2 <= len(column) - valid:
+        return
+    first = pa.compute.index(numbers.fill_null(True), False).as_py()
+    raise TextInNumericColumn(path, name, first_row + first, column[first].as_py(),
+                              hint=f", or one-hot the column with --categorical {name}")
 
 
 def sha256_of(path: str) -> str:
@@ -264,7 +287,7 @@ def command(args) -> int:
     if launcher_rank() != 0:
         return 0  # one writer: under mpirun the other ranks have nothing to do
     from .encoding import Column, Encoding
-    from .tables import Table
+    from .tables import Table, TextInNumericColumn
 
     started = time.perf_counter()
     table_path, out = args.table, args.out
@@ -272,7 +295,7 @@ def command(args) -> int:
     if args.max_categories < 1 or args.block_mb <= 0:
         raise MpigdError("--max-categories and --block-mb must be positive")
     table = Table(table_path, delimiter=parse_delimiter(args.delimiter),
-                  block_bytes=max(1 << 16, int(args.block_mb * (1 << 20))))
+                  block_bytes=max(1 << 12, int(args.block_mb * (1 << 20))))
     features = _names(args.features) if args.features is not None else None
     if features is not None and not features:
         raise MpigdError("--features is empty; name at least one column, or leave the option out")
@@ -282,7 +305,13 @@ def command(args) -> int:
                          f"'{args.target}' was left out ({_why(plan.ignored)})")
     before = os.stat(table_path)
     checksum = sha256_of(table_path)
-    result = scan(table, plan, args.target, args.missing, args.max_categories)
+    try:
+        result = scan(table, plan, args.target, args.missing, args.max_categories)
+    except TextInNumericColumn as exc:
+        if exc.hint or exc.column == args.target:
+            raise
+        raise TextInNumericColumn(exc.path, exc.column, exc.row, exc.value,
+                                  hint=f", or one-hot the column with --categorical {exc.column}") from None
     _check_scan(table, result)
     encoding = Encoding(tuple(Column(n, k, tuple(result.categories.get(n, ())),
                                      args.drop_first and k == "categorical") for n, k in plan.columns),

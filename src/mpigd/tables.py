@@ -19,7 +19,10 @@ from .errors import MpigdError
 
 INSTALL_HINT = "reading CSV/Parquet tables needs pyarrow: pip install 'mpigd[table]' (or pip install pyarrow)"
 DELIMITERS = (",", ";", "\t", "|")
-DEFAULT_BLOCK_BYTES = 16 << 20  # per CSV block; Parquet batches hold about as many values
+# Per CSV block. pyarrow's streaming CSV reader reads up to 32 blocks ahead on a background
+# thread (kDefaultBackgroundMaxQ in Arrow C++, not configurable), so the block size, not
+# the table, sets the memory: 1 MiB (pyarrow's own default) keeps that read-ahead ~32 MiB.
+DEFAULT_BLOCK_BYTES = 1 << 20
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _HDF5_OFFSETS = (0, 512, 1024, 2048, 4096)  # the superblock may follow a user block of 2^k bytes
@@ -69,7 +72,8 @@ def not_hdf5_message(path: str) -> "str | None":
     except OSError:
         return None
     stem = os.path.splitext(path[:-3] if path.lower().endswith(".gz") else path)[0]
-    convert = f"convert it with `python -m mpigd import {path} --target COLUMN --out {stem}.h5`"
+    out = f"{stem}.h5" if f"{stem}.h5" != path else f"{stem}-table.h5"  # never the input itself
+    convert = f"convert it with `python -m mpigd import {path} --target COLUMN --out {out}`"
     numpy_hint = ("write X and y to HDF5 with h5py: `with h5py.File('" + stem + ".h5', 'w') as f: "
                   "f['X'] = X; f['y'] = y`")
     messages = {
@@ -222,6 +226,9 @@ class Table:
             found = locate_text(self, numeric, rows_before)
             if found:
                 return TextInNumericColumn(self.path, *found)
+        if "straddling" in text:
+            return MpigdError(f"{self.path}: a row after data row {rows_before} is longer than one block "
+                              f"({self.block_bytes} bytes); raise --block-mb")
         if "parse error" in text.lower():
             return MpigdError(self._parse_error_message(convert, text))
         if "UTF8" in text or "UTF-8" in text:
@@ -279,10 +286,10 @@ class Table:
 class TextInNumericColumn(MpigdError):
     """A value in a numeric column that is not a number; `column`, `row`, `value` say where."""
 
-    def __init__(self, path, column, row, value):
+    def __init__(self, path, column, row, value, hint=""):
         super().__init__(f"text in numeric column '{column}' of {path}: {value!r} at data row {row} "
-                         "(1-based, header not counted); fix that value (a blank cell is missing)")
-        self.column, self.row, self.value = column, row, value
+                         f"(1-based, header not counted); fix that value (a blank cell is missing){hint}")
+        self.path, self.column, self.row, self.value, self.hint = path, column, row, value, hint
 
 
 def _as_floats(pa, batch, numeric_count):
