@@ -198,6 +198,23 @@ def test_encoding_json_round_trip_and_none_for_other_files(tmp_path):
                            encoding.Column("a", "categorical", ("b",))), "t")
 
 
+def test_bool_and_dictionary_columns(tmp_path):
+    csv_path = write(tmp_path, "b.csv", "flag,x,y\ntrue,1,2\nfalse,2,3\ntrue,3,5\n")
+    assert run_import(csv_path, "--target", "y", "--out", tmp_path / "b.h5")[0] == 0
+    X, _, _, _, enc = imported(tmp_path / "b.h5")
+    assert enc.feature_names == ["flag", "x"]
+    np.testing.assert_array_equal(X, [[1, 1], [0, 2], [1, 3]])
+    parquet = str(tmp_path / "b.parquet")
+    pq.write_table(pa.table({"flag": [True, False, True], "n": pa.array([1, 2, 3], pa.int32()),
+                             "zone": pa.array(["b", "a", "b"]).dictionary_encode(),
+                             "zip": ["75001", "75002", "75001"], "y": [2.0, 3.0, 5.0]}), parquet)
+    assert run_import(parquet, "--target", "y", "--out", tmp_path / "p.h5")[0] == 0
+    X, _, _, _, enc = imported(tmp_path / "p.h5")
+    # Parquet's string type is the writer's word: an all-digits zip code stays a category.
+    assert enc.feature_names == ["flag", "n", "zone=a", "zone=b", "zip=75001", "zip=75002"]
+    np.testing.assert_array_equal(X, [[1, 1, 0, 1, 1, 0], [0, 2, 1, 0, 0, 1], [1, 3, 0, 1, 1, 0]])
+
+
 # --- missing values -----------------------------------------------------------------------
 
 MISSING_CSV = "a,b,city,y\n1,2,P,3\n4,,P,6\n7,8,,9\n1,1,L,NA\n2,3,L,4\n5,nan,P,1\n"
@@ -376,7 +393,9 @@ def test_data_that_is_not_hdf5_says_how_to_convert(tmp_path, kind):
     if kind == "npy":
         path = str(tmp_path / "d.npy")
         np.save(path, np.zeros((3, 2)))
-        expected = "d.npy is a NumPy .npy array, not HDF5: write X and y to HDF5 with h5py"
+        expected = (f"d.npy is a NumPy .npy array, not HDF5: write it and its targets y (one per row) "
+                    f"to HDF5 with h5py, in Python: `f = h5py.File('{tmp_path / 'd'}.h5', 'w'); "
+                    f"f['X'] = numpy.load('{path}')")
     else:
         path = write_table(table, tmp_path / f"d.{kind}")
         what = "looks like a CSV table" if kind == "csv" else "is a Parquet table"

@@ -96,7 +96,7 @@ def open_input(path):
             raise MpigdError(f"cannot open {path}: HDF5 could not lock it (h5py: {exc}); if another "
                              "program is writing it, wait until it is done; on a file system "
                              "without locks, set HDF5_USE_FILE_LOCKING=FALSE") from None
-        from .tables import not_hdf5_message  # a CSV, Parquet or .npy file: say how to convert it
+        from .filekind import not_hdf5_message  # a CSV, Parquet or .npy file: say how to convert it
 
         hint = not_hdf5_message(path)
         if hint:

@@ -99,7 +99,9 @@ def plan_columns(table, target: str, features: "list[str] | None", categorical: 
             raise MpigdError(f"--categorical names '{name}', which is not a column of {table.path} ({listing})")
         if name == target:
             raise MpigdError(f"--categorical names the target '{target}'; the target must be numeric")
-    guessed = {c.name for c in table.columns if c.kind == "text"} if chosen is None else set()
+    # pyarrow guessed these columns' type (text) from the CSV's first block; Parquet says it.
+    guessed = {c.name for c in table.columns if c.kind == "text"} \
+        if chosen is None and table.format == "csv" else set()
     if features is not None:
         return Plan(_explicit(table, target, features, categorical, chosen, listing), [], guessed)
     columns, ignored = [], []
@@ -198,7 +200,7 @@ def scan(table, plan: Plan, target: str, missing: str, max_categories: int) -> S
                                 {n: np.where(bad_by_column[n], np.nan, 0.0) for n in ordered})
         keep = pa.array(~bad)
         for name in categorical:
-            if name in plan.guessed:
+            if name in plan.guessed and first_row == 1:  # the block pyarrow guessed from
                 _refuse_mostly_numbers(pa, table.path, name, batch.column(name), first_row)
             found[name].update(pa.compute.unique(batch.column(name).filter(keep)).to_pylist())
             if len(found[name]) > max_categories:
@@ -220,10 +222,10 @@ def _refuse_mostly_numbers(pa, path, name, column, first_row):
     from .tables import TextInNumericColumn
 
     numbers = pa.compute.match_substring_regex(column, _NUMBER, ignore_case=True)
-    count, valid = pa.compute.sum(numbers).as_py() or 0, column.null_count
-    if count * 2 <= len(column) - valid:
+    count = pa.compute.sum(numbers).as_py() or 0
+    first = pa.compute.index(numbers.fill_null(True), False).as_py()  # -1: all numbers
+    if count * 2 <= len(column) - column.null_count or first < 0:
         return
-    first = pa.compute.index(numbers.fill_null(True), False).as_py()
     raise TextInNumericColumn(path, name, first_row + first, column[first].as_py(),
                               hint=f", or one-hot the column with --categorical {name}")
 
