@@ -31,7 +31,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Convert a table with named columns (CSV with a header row, or Parquet) into "
         "the HDF5 file the trainer reads: X (rows x features, text categories one-hot), y (the "
         "target), the feature names, the encoding and the source's sha256 as attributes. Reads "
-        "the table twice in blocks (memory stays about one block), writes atomically.",
+        "the table twice in blocks (memory is set by --block-mb, not by the table), writes atomically.",
     )
     p.add_argument("table", metavar="TABLE", help="CSV (any delimiter, header row; .csv.gz too) or Parquet file")
     p.add_argument("--target", required=True, metavar="COLUMN", help="the column to predict (numeric)")
