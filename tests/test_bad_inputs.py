@@ -67,8 +67,16 @@ def _(tmp_path, problem):
 @case("not an HDF5 file")
 def _(tmp_path, problem):
     path = tmp_path / "notes.h5"
-    path.write_text("rows,features\n1,2\n")
+    path.write_bytes(bytes(range(256)) * 4)  # binary of no kind tables.sniff knows
     return ["--data", str(path)], ["not a readable HDF5 file", "file signature not found", "--data"]
+
+
+@case("a CSV table given as --data")
+def _(tmp_path, problem):
+    path = tmp_path / "houses.csv"
+    path.write_text("rooms,price\n3,250\n4,310\n")
+    return ["--data", str(path)], ["houses.csv looks like a CSV table, not HDF5", "python -m mpigd import",
+                                   "--target COLUMN", f"--out {tmp_path / 'houses'}.h5"]
 
 
 @case("truncated HDF5")

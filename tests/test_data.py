@@ -99,9 +99,17 @@ def test_missing_file_says_how_to_make_one(tmp_path):
 
 
 def test_not_hdf5(tmp_path):
+    path = tmp_path / "junk.h5"
+    path.write_bytes(bytes(range(256)))  # no kind sniff knows: HDF5's own words
+    assert "not a readable HDF5 file" in _error(str(path))
+
+
+def test_text_file_is_not_hdf5_and_the_hint_never_overwrites_it(tmp_path):
     path = tmp_path / "text.h5"
     path.write_text("hello")
-    assert "not a readable HDF5 file" in _error(str(path))
+    message = _error(str(path))
+    assert "is a text file, not HDF5" in message and "python -m mpigd import" in message
+    assert f"--out {tmp_path / 'text'}-table.h5" in message
 
 
 def test_missing_dataset_lists_what_exists(tmp_path):

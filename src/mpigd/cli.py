@@ -14,6 +14,7 @@ from .options import COMMANDS, build_parser
 _HANDLERS = {
     "train": ("mpigd.train_cli", "command"),
     "generate": ("mpigd.synthetic", "command"),
+    "import": ("mpigd.importer", "command"),
     "scale": ("mpigd.studies.commands", "scale"),
     "scale-report": ("mpigd.studies.commands", "scale_report"),
     "plot": ("mpigd.studies.commands", "plot"),

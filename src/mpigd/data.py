@@ -96,6 +96,11 @@ def open_input(path):
             raise MpigdError(f"cannot open {path}: HDF5 could not lock it (h5py: {exc}); if another "
                              "program is writing it, wait until it is done; on a file system "
                              "without locks, set HDF5_USE_FILE_LOCKING=FALSE") from None
+        from .filekind import not_hdf5_message  # a CSV, Parquet or .npy file: say how to convert it
+
+        hint = not_hdf5_message(path)
+        if hint:
+            raise MpigdError(hint) from None
         raise MpigdError(f"{path} is not a readable HDF5 file (h5py: {exc}); check that --data "
                          "names the right file and, if it was copied, copy it again") from None
 

@@ -8,11 +8,11 @@ one message, not sixteen.
 
 import argparse
 
-from . import __version__, rundir
+from . import __version__, importer, rundir
 from .config import KERNELS
 from .errors import MpigdError, launcher_rank
 
-COMMANDS = ("train", "generate", "scale", "scale-report", "bench-comm", "plot", "bench")
+COMMANDS = ("train", "generate", "import", "scale", "scale-report", "bench-comm", "plot", "bench")
 
 
 def comma_list(text: str, cast, option: str, example: str) -> list:
@@ -104,6 +104,43 @@ def _generate_parser(sub):
     where.add_argument("--out-dir", metavar="DIR",
                        help="write (or reuse) DIR/synthetic-ROWSxFEATURES-seedS.h5 and print its "
                        "path (for scripts)")
+    return p
+
+
+def _import_parser(sub):
+    p = sub.add_parser(
+        "import", help="convert a CSV or Parquet table to an HDF5 file for training",
+        description="Convert a table with named columns (CSV with a header row, or Parquet) into "
+        "the HDF5 file the trainer reads: X (rows x features, text categories one-hot), y (the "
+        "target), the feature names, the encoding and the source's sha256 as attributes. Reads "
+        "the table twice in blocks (memory is set by --block-mb, not by the table), writes atomically.",
+    )
+    p.add_argument("table", metavar="TABLE", help="CSV (any delimiter, header row; .csv.gz too) or Parquet file")
+    p.add_argument("--target", required=True, metavar="COLUMN", help="the column to predict (numeric)")
+    p.add_argument("--out", required=True, metavar="FILE.h5", help="the HDF5 file to write")
+    p.add_argument("--features", metavar="A,B,C",
+                   help="feature columns, in this order [every column but the target that is "
+                   "numeric, or categorical per --categorical]")
+    p.add_argument("--categorical", default="auto", metavar="auto|none|COL,...",
+                   help="auto: text columns become one-hot features named COL=VALUE; none: text "
+                   "columns are left out; a list: exactly these columns are one-hot [auto]")
+    p.add_argument("--drop-first", action="store_true",
+                   help="one-hot without each column's first category (the all-zero reference), so "
+                   "the columns are not collinear with --intercept")
+    p.add_argument("--missing", choices=("error", "drop"), default="error",
+                   help="a blank, NA or non-finite value: error names the column and rows; drop "
+                   "leaves such rows out [error]")
+    p.add_argument("--delimiter", metavar="CHAR",
+                   help="CSV field separator, e.g. ';' or tab [auto: the most frequent of , ; tab | "
+                   "in the header line]")
+    p.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="of X and y [float64]")
+    p.add_argument("--max-categories", type=int, default=importer.DEFAULT_MAX_CATEGORIES, metavar="N",
+                   help=f"refuse a categorical column with more distinct values [{importer.DEFAULT_MAX_CATEGORIES}]")
+    p.add_argument("--block-mb", type=float, default=1.0, metavar="MB",
+                   help="MiB of CSV per block; memory is about 32 blocks (pyarrow reads ahead) plus "
+                   "one block's X (Parquet: batches of about this many bytes of values) [1]")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--quiet", action="store_true", help="print nothing on success")
     return p
 
 
@@ -252,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     _train_parser(sub)
     _generate_parser(sub)
+    _import_parser(sub)
     _scale_parser(sub)
     _scale_report_parser(sub)
     _bench_comm_parser(sub)
