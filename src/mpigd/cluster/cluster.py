@@ -21,6 +21,7 @@ from ..errors import MpigdError
 from . import hosts as _hosts
 from . import launch, shaping, state as _state
 from .delayer import QUEUE_IN, QUEUE_OUT, write_config
+from .health import find_problems
 from .system import in_netns, require_root_and_tools, run
 
 DIRECTIONS = ("in", "out", "both")
@@ -49,7 +50,7 @@ class Cluster:
         _state.check_subnet(subnet)
         if not 1 <= int(hosts) <= 200:
             raise MpigdError(f"--hosts must be between 1 and 200, got {hosts}")
-        offsets = _clock_offsets(clock_offsets, int(hosts))
+        offsets = _state.parse_clock_offsets(clock_offsets, int(hosts))
         delay, bits = shaping.check_delay(delay_ms or 0.0), shaping.parse_rate(rate)
         with _state.locked(name, root):
             _clear_leftovers(name, root, say)
@@ -200,7 +201,7 @@ class Cluster:
     def problems(self):
         """Where the kernel differs from the record: missing namespaces, a dead delayer,
         missing rules or shapers. [] for a healthy cluster."""
-        return _find_problems(self)
+        return find_problems(self)
 
     def verify(self, pings=5):
         """Ping from node0 to every other host: each must answer, no faster than the delays
@@ -347,29 +348,6 @@ def _clear_leftovers(name, root, say):
         say(f"cluster {name}: removed leftovers: {', '.join(removed)}")
 
 
-def _clock_offsets(offsets, count):
-    """Per-host offsets (s): a list of `count` numbers, or one number = step between hosts."""
-    if offsets in (None, "", 0, [], ()):
-        return None
-    if isinstance(offsets, str):
-        try:
-            offsets = [float(x) for x in offsets.split(",") if x.strip()]
-        except ValueError:
-            raise MpigdError(f"--clock-offset must be seconds, one per host (0,1.5,3) or one step "
-                             f"(1.5 gives host i an offset of i*1.5 s); got {offsets!r}") from None
-    if isinstance(offsets, (int, float)):
-        offsets = [offsets]
-    offsets = [float(x) for x in offsets]
-    if len(offsets) == 1:
-        offsets = [i * offsets[0] for i in range(count)]
-    if len(offsets) != count:
-        raise MpigdError(f"--clock-offset gives {len(offsets)} offsets for {count} hosts; give one per "
-                         "host or a single step")
-    if any(abs(x) > 1e6 for x in offsets):
-        raise MpigdError("--clock-offset values must be within +-1e6 s")
-    return offsets
-
-
 def _host_record(host):
     return {"name": host.name, "address": host.address, "netns": host.netns,
             "clock_offset_s": host.clock_offset_s, "in_delay_ms": host.in_delay_ms,
@@ -382,33 +360,3 @@ def _quote(word):
     import shlex
 
     return shlex.quote(str(word))
-
-
-def _find_problems(cluster):
-    record, problems = cluster.state, []
-    present = set(_hosts.existing_netns())
-    if record.switch not in present:
-        return [f"switch namespace {record.switch} is gone"]
-    try:
-        partitioned = shaping.read_partitions(record.switch)
-    except MpigdError as exc:
-        partitioned, problems = set(), [str(exc)]
-    for host in record.hosts:
-        if host.netns not in present:
-            problems.append(f"{host.name}: namespace {host.netns} is gone")
-            continue
-        if not cluster.delayer_alive(host):
-            problems.append(f"{host.name}: delayer (pid {host.delayer_pid}) is not running"
-                            + (": packets of its delayed directions are dropped" if
-                               host.in_delay_ms or host.out_delay_ms else ""))
-        for side in ("in", "out"):
-            wanted = getattr(host, f"{side}_delay_ms") > 0
-            if shaping.has_queue_rule(host.netns, side) != wanted:
-                problems.append(f"{host.name}: {side} delay rule {'missing' if wanted else 'unexpected'}")
-        if not shaping.same_rate(shaping.read_rate(host.netns, shaping.IFACE), host.out_rate_bps):
-            problems.append(f"{host.name}: out rate is not {shaping.format_rate(host.out_rate_bps)}")
-        if not shaping.same_rate(shaping.read_rate(record.switch, host.name), host.in_rate_bps):
-            problems.append(f"{host.name}: in rate is not {shaping.format_rate(host.in_rate_bps)}")
-        if (host.name in partitioned) != host.partitioned:
-            problems.append(f"{host.name}: partition is {'missing' if host.partitioned else 'unexpected'}")
-    return problems

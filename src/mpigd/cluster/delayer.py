@@ -11,7 +11,8 @@ ranks on the same cores do not make it late.
     nsenter --net=/run/netns/X python -m mpigd.cluster.delayer --config X.delayer.json \
         --pidfile X.delayer.pid --log X.delayer.log
 
-(started inside the host's network namespace: NFQUEUE queues are per namespace) forks a daemon, prints `ready PID` once the queues are bound, and exits. The config is
+is started inside the host's network namespace (NFQUEUE queues are per namespace); it
+forks a daemon, prints `ready PID` once the queues are bound, and exits. The config is
 {"delay_ms": {"0": in, "1": out}}; SIGHUP re-reads it, SIGUSR1 writes statistics next to
 it (<config>.stats), SIGTERM releases every held packet and exits.
 """

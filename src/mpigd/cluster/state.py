@@ -51,6 +51,29 @@ def check_subnet(subnet):
     return subnet
 
 
+def parse_clock_offsets(offsets, count):
+    """Per-host offsets (s): a list of `count` numbers, or one number = step between hosts."""
+    if offsets in (None, "", 0, [], ()):
+        return None
+    if isinstance(offsets, str):
+        try:
+            offsets = [float(x) for x in offsets.split(",") if x.strip()]
+        except ValueError:
+            raise MpigdError(f"--clock-offset must be seconds, one per host (0,1.5,3) or one step "
+                             f"(1.5 gives host i an offset of i*1.5 s); got {offsets!r}") from None
+    if isinstance(offsets, (int, float)):
+        offsets = [offsets]
+    offsets = [float(x) for x in offsets]
+    if len(offsets) == 1:
+        offsets = [i * offsets[0] for i in range(count)]
+    if len(offsets) != count:
+        raise MpigdError(f"--clock-offset gives {len(offsets)} offsets for {count} hosts; give one per "
+                         "host or a single step")
+    if any(abs(x) > 1e6 for x in offsets):
+        raise MpigdError("--clock-offset values must be within +-1e6 s")
+    return offsets
+
+
 def netns_name(cluster, host):
     return f"mpigd-{cluster}-{host}"
 
