@@ -15,6 +15,7 @@ _HANDLERS = {
     "train": ("mpigd.train_cli", "command"),
     "generate": ("mpigd.synthetic", "command"),
     "import": ("mpigd.importer", "command"),
+    "cluster": ("mpigd.cluster.cli", "command"),
     "scale": ("mpigd.studies.commands", "scale"),
     "scale-report": ("mpigd.studies.commands", "scale_report"),
     "plot": ("mpigd.studies.commands", "plot"),

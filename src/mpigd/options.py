@@ -9,10 +9,11 @@ one message, not sixteen.
 import argparse
 
 from . import __version__, importer, rundir
+from .cluster import cli as cluster_cli
 from .config import KERNELS
 from .errors import MpigdError, launcher_rank
 
-COMMANDS = ("train", "generate", "import", "scale", "scale-report", "bench-comm", "plot", "bench")
+COMMANDS = ("train", "generate", "import", "cluster", "scale", "scale-report", "bench-comm", "plot", "bench")
 
 
 def comma_list(text: str, cast, option: str, example: str) -> list:
@@ -290,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _generate_parser(sub)
     _import_parser(sub)
+    cluster_cli.add_parser(sub)  # the emulated cluster owns its own command tree
     _scale_parser(sub)
     _scale_report_parser(sub)
     _bench_comm_parser(sub)
