@@ -105,7 +105,8 @@ def test_bench_comm_under_mpirun_writes_a_valid_model_and_merges_rank_counts(tmp
         model = json.load(handle)
     entry = model["fits"]["2"]
     assert entry["ranks"] == 2 and len(entry["hosts"]) == 2
-    assert set(entry["collectives"]) == {"bcast", "reduce", "allreduce", "barrier"}
+    assert set(entry["collectives"]) == {"bcast", "reduce", "allreduce", "barrier", "iteration",
+                                         "iteration-allreduce"}
     for name, fit in entry["collectives"].items():
         expected = [0] if name == "barrier" else [8, 16, 32, 64, 128, 256, 512, 1024]
         assert [s["bytes"] for s in fit["samples"]] == expected

@@ -6,6 +6,7 @@ Files are written elsewhere (rundir.py, result.py); this module only prints.
 import sys
 import time
 
+from .placement import notes
 from .result import Result
 from .timing import PHASES
 
@@ -59,10 +60,15 @@ def summary(result: Result) -> str:
         share = 100 * stats.mean_s / wall if wall > 0 else 0.0
         lines.append(f"  {name:<9} {stats.mean_s:>10.4f} {stats.max_s:>10.4f} {share:>6.1f}%")
     lines.append(f"  imbalance (max/mean compute): {r.imbalance:.3f}")
+    if r.placement:
+        lines += [f"  note: {line}" for line in notes(r.placement, r.ranks)]
     return "\n".join(lines)
 
 
 def quiet_summary(result: Result) -> str:
-    """The one line of --quiet."""
-    return (f"mpigd: {result.stop_reason} after {result.iterations} iterations, "
+    """The one line of --quiet (and a warning line if the run was oversubscribed)."""
+    line = (f"mpigd: {result.stop_reason} after {result.iterations} iterations, "
             f"final loss {result.final_loss:.9e}, {result.wall_s:.3f} s")
+    over = [n for n in notes(result.placement, result.ranks) if n.startswith("oversubscribed")] \
+        if result.placement else []
+    return "\n".join([line] + [f"mpigd: note: {n}" for n in over])

@@ -162,8 +162,9 @@ def _bench_comm_parser(sub):
     p.add_argument("--warmup", type=int, default=100, metavar="K", help="untimed rounds per small size [100]")
     p.add_argument("--warmup-large", type=int, default=10, metavar="K",
                    help="untimed rounds per size above 8 KB [10]")
-    p.add_argument("--collectives", default="bcast,reduce,allreduce,barrier", metavar="LIST",
-                   help="which of bcast,reduce,allreduce,barrier to time [all]")
+    p.add_argument("--collectives", default="bcast,reduce,allreduce,barrier,iteration,iteration-allreduce",
+                   metavar="LIST", help="which of bcast,reduce,allreduce,barrier,iteration (the trainer's "
+                   "Bcast+Barrier+Reduce as one round),iteration-allreduce to time [all]")
     p.add_argument("--out", default=rundir.MODEL, metavar="FILE.json",
                    help="model file; the entry for this rank count is replaced, others are kept "
                    "[comm_model.json]")
@@ -210,6 +211,9 @@ def _scale_parser(sub):
     p.add_argument("--comm-model", default="auto", metavar="auto|none|FILE",
                    help="auto: run bench-comm per rank count into OUT/comm_model.json; "
                    "or an existing comm_model.json; none: no prediction [auto]")
+    p.add_argument("--bench-comm-args", default="", metavar='"ARGS"',
+                   help='more bench-comm options for --comm-model auto, e.g. --bench-comm-args='
+                   '"--iters 50 --warmup 5" on a slow (emulated) network')
     p.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
                    help="limit per launched job [3600]")
     p.add_argument("--plots", action="store_true", help="also write the PNG plots (needs matplotlib)")

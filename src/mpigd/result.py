@@ -116,6 +116,7 @@ class Result:
     checkpoints: CheckpointStats | None = None
     preprocessing: Preprocessing | None = None
     clocks: dict | None = None   # offsets of every rank's clock to rank 0's (clocks.py)
+    placement: dict | None = None  # hosts, ranks per host, oversubscription (placement.py)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -23,6 +23,7 @@ from . import __version__, checkpoint, clocks, data, faults, rundir, stepsize, s
 from .comm import agreed
 from .config import Mode, TrainConfig
 from .environment import blas_threads, gather_rank_facts, mpi_library, slurm_info
+from .placement import placement
 from .errors import MpigdError
 from .objective import LeastSquaresShard, job_kernel
 from .console import Progress
@@ -337,6 +338,7 @@ def _result(job, prepared, step, saver, trajectory, seconds, facts) -> Result:
         kernel=KernelInfo(name=prepared.shard.kernel, setup_s=prepared.shard.setup_s),  # rank 0's
         checkpoints=CheckpointStats(every=config.checkpoint_every, count=saver.count,
                                     seconds=saver.seconds),
+        placement=placement(facts),
         preprocessing=Preprocessing(
             intercept=config.intercept, standardize=config.standardize,
             feature_mean=transform.mean.tolist(), feature_scale=transform.scale.tolist(),

@@ -4,6 +4,12 @@ Method (the one of the OSU micro-benchmarks, which users trust): for each collec
 message size, a few untimed warm-up rounds, then many timed rounds with a Barrier between
 them so every round starts with all ranks present; each rank averages its own rounds, and
 the table shows the average, minimum and maximum of those averages over ranks.
+`iteration` (Bcast + Barrier + Reduce) and `iteration-allreduce` (Barrier + Allreduce) are
+the trainer's own sequence of collectives, timed as the trainer runs them: rounds back to
+back with no Barrier between them, so that each round's Bcast waits for the last Reduce to
+reach the server, as an iteration's does. Across hosts that chain, not the sum of the
+single collectives, is what an iteration pays (the Reduce's message can travel with the
+Barrier's last one; the next Bcast cannot start before the Reduce arrived).
 
 The fit (t = alpha + n * beta per collective and rank count) is hockney.py's; the table
 prints the fit's error at every size so nobody has to trust it blindly, and `--max-size`
@@ -24,9 +30,13 @@ from .. import __version__, rundir
 from ..errors import MpigdError
 from .hockney import MODEL_KIND, fit_entry, load_model
 
-COLLECTIVES = ("bcast", "reduce", "allreduce", "barrier")
+# `iteration` is the trainer's own sequence, Bcast + Barrier + Reduce of one buffer, timed as
+# one round: across hosts the three overlap (a Reduce message can travel with the Barrier's
+# last one), so the sum of their separate timings overstates an iteration's communication.
+COLLECTIVES = ("bcast", "reduce", "allreduce", "barrier", "iteration", "iteration-allreduce")
 MPI_NAMES = {"bcast": "MPI_Bcast", "reduce": "MPI_Reduce", "allreduce": "MPI_Allreduce",
-             "barrier": "MPI_Barrier"}
+             "barrier": "MPI_Barrier", "iteration": "Bcast+Barrier+Reduce (server mode)",
+             "iteration-allreduce": "Barrier+Allreduce (allreduce mode)"}
 LARGE_BYTES = 8192           # OSU's boundary between small and large messages
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
           "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30}
@@ -57,10 +67,22 @@ def message_sizes(min_bytes: int, max_bytes: int) -> list[int]:
 
 # --- measuring (collective: every rank runs these) --------------------------------------
 
-def _rounds(comm, operation, iterations, warmup):
-    """This rank's average seconds per round; a Barrier starts every round, untimed."""
+def _rounds(comm, operation, iterations, warmup, steady=False):
+    """This rank's average seconds per round; a Barrier starts every round, untimed.
+
+    steady: no Barrier between rounds, timed as one loop (the trainer's iterations follow
+    each other like that: the next Bcast waits for the last Reduce's result at the server).
+    """
     from time import perf_counter
 
+    if steady:
+        for _ in range(warmup):
+            operation()
+        comm.Barrier()
+        started = perf_counter()
+        for _ in range(iterations):
+            operation()
+        return (perf_counter() - started) / iterations
     for _ in range(warmup):
         comm.Barrier()
         operation()
@@ -84,6 +106,19 @@ def _operation(comm, name, send, receive, count):
         return lambda: comm.Reduce(s, target, op=MPI.SUM, root=0)
     if name == "allreduce":
         return lambda: comm.Allreduce(s, r, op=MPI.SUM)
+    if name == "iteration":
+        target = r if comm.rank == 0 else None
+
+        def iteration():
+            comm.Bcast(s, root=0)
+            comm.Barrier()
+            comm.Reduce(s, target, op=MPI.SUM, root=0)
+        return iteration
+    if name == "iteration-allreduce":
+        def iteration_allreduce():
+            comm.Barrier()
+            comm.Allreduce(s, r, op=MPI.SUM)
+        return iteration_allreduce
     return comm.Barrier
 
 
@@ -116,7 +151,8 @@ def measure(comm, collectives: list[str], sizes: list[int], iterations: int,
             large = nbytes > LARGE_BYTES
             rounds = iterations_large if large else iterations
             operation = _operation(comm, name, send, receive, nbytes // 8)
-            mine = _rounds(comm, operation, rounds, warmup_large if large else warmup)
+            mine = _rounds(comm, operation, rounds, warmup_large if large else warmup,
+                           steady=name.startswith("iteration"))
             low, mean, high = _over_ranks(comm, mine)
             sample = {"bytes": nbytes, "avg_s": mean, "min_s": low, "max_s": high, "iterations": rounds}
             found[name].append(sample)

@@ -143,12 +143,31 @@ def load_model(path: str) -> dict:
     return model
 
 
+def message_hops(collective: str, ranks: int) -> int:
+    """Message latencies on the critical path of one collective (MPICH's algorithms).
+
+    A binomial Bcast or Reduce and a dissemination Barrier take ceil(log2 p) steps each.
+    The trainer's `iteration` chains Bcast, Barrier and Reduce: 3 ceil(log2 p) steps, but at
+    p = 2 the Reduce's only message goes to the Barrier's only partner right behind the
+    Barrier's, so the two cost one step together (2 in all; measured: 2.0-2.3 one-way delays
+    at p = 2, 6.0-6.4 at p = 4 across emulated hosts). `iteration-allreduce`: a Barrier and
+    a recursive-doubling Allreduce, 2 ceil(log2 p).
+    """
+    steps = tree_factor(ranks)
+    if collective == "iteration":
+        return 2 if ranks == 2 else 3 * steps
+    if collective == "iteration-allreduce":
+        return 2 * steps
+    return steps
+
+
 def predict(model: dict, collective: str, ranks: int, nbytes: int) -> tuple[float | None, str | None]:
     """(seconds, source) of one collective of `nbytes` on `ranks` ranks.
 
     source is "measured" when the model holds a fit at this rank count, "tree" when it
-    was scaled by ceil(log2 p) from the nearest measured rank count (a tree over one rank
-    sends nothing), None when the model has nothing for this collective.
+    was scaled from the nearest measured rank count by the ratio of their critical-path
+    steps (message_hops: ceil(log2 p) for one tree; a tree over one rank sends nothing),
+    None when the model has nothing for this collective.
     """
     fits = {int(p): entry["collectives"][collective]["segments"]
             for p, entry in model["fits"].items() if collective in entry["collectives"]}
@@ -160,7 +179,7 @@ def predict(model: dict, collective: str, ranks: int, nbytes: int) -> tuple[floa
     if not known:
         return None, None
     nearest = min(known, key=lambda p: (abs(math.log2(p) - math.log2(ranks)), -p))
-    scale = tree_factor(ranks) / tree_factor(nearest)
+    scale = message_hops(collective, ranks) / message_hops(collective, nearest)
     return scale * _segment_time(fits[nearest], nbytes), "tree"
 
 
@@ -168,9 +187,14 @@ def iteration_comm(model: dict, ranks: int, features: int, mode: str = "server")
     """Predicted communication seconds of one training iteration, and its source.
 
     server: Bcast of [w, control] + Barrier + Reduce of [g, loss], d+1 float64 each;
-    allreduce: Barrier + Allreduce of [g, loss].
+    allreduce: Barrier + Allreduce of [g, loss]. The model's fit of that very sequence
+    (bench-comm's `iteration` / `iteration-allreduce`) when it has one, else the sum of the
+    single collectives (an upper bound across hosts, where they overlap).
     """
     nbytes = 8 * (features + 1)
+    whole = "iteration" if mode == "server" else "iteration-allreduce"
+    if any(whole in entry["collectives"] for entry in model["fits"].values()):
+        return predict(model, whole, ranks, nbytes)
     parts = ("bcast", "barrier", "reduce") if mode == "server" else ("barrier", "allreduce")
     total, sources = 0.0, set()
     for name in parts:

@@ -33,6 +33,13 @@ def _cpus_of(host: str, entry) -> int | None:
 
 def _placement(result: Result) -> dict:
     """Hosts, ranks per host, and whether any host ran more ranks than it has CPUs."""
+    if result.placement:  # recorded by the run (mpigd >= 0.2), emulated clusters included
+        p = result.placement
+        return {"hosts": sorted(p["ranks_by_host"]),
+                "ranks_per_host": max(len(r) for r in p["ranks_by_host"].values()),
+                "oversubscribed": bool(p["oversubscribed_hosts"]),
+                "cpus_per_host": min(p["cpus_by_host"].values(), default=None) or None,
+                "emulated_cluster": p["emulated_cluster"]}
     counts, cpus = {}, {}
     for entry in result.per_rank:
         host = entry.host or "?"
@@ -42,7 +49,8 @@ def _placement(result: Result) -> dict:
     over = [counts[h] > cpus[h] for h in counts if cpus[h]]
     return {"hosts": sorted(counts), "ranks_per_host": max(counts.values()),
             "oversubscribed": True if any(over) else (False if len(over) == len(counts) else None),
-            "cpus_per_host": min((c for c in cpus.values() if c), default=None)}
+            "cpus_per_host": min((c for c in cpus.values() if c), default=None),
+            "emulated_cluster": False}
 
 
 def summarize_run(path: str) -> dict:

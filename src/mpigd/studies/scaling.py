@@ -96,6 +96,7 @@ def aggregate(runs):
     point["ranks_per_host"] = max(r["ranks_per_host"] for r in runs)
     point["cpus_per_host"] = first["cpus_per_host"]
     point["hosts"] = sorted({h for r in runs for h in r["hosts"]})
+    point["emulated_cluster"] = any(r.get("emulated_cluster") for r in runs)
     point["straggler_rank"] = first["straggler_rank"]
     point["run_dirs"] = [r["run_dir"] for r in runs]
     return point

@@ -16,7 +16,8 @@ _CSV_POINT = ("ranks", "workers", "rows", "repeats", "s_per_iter", "s_per_iter_m
               "speedup", "efficiency", "compute_s", "compute_slowest_s", "compute_max_s", "comm_s",
               "bcast_s", "reduce_s", "sync_s", "sync_max_s", "update_s", "imbalance", "imbalance_iter",
               "predicted_s", "predicted_comm_s", "predicted_speedup", "error", "model_source",
-              "oversubscribed", "ranks_per_host", "cpus_per_host", "load_s", "hosts", "run_dirs")
+              "oversubscribed", "ranks_per_host", "cpus_per_host", "emulated_cluster", "load_s", "hosts",
+              "run_dirs")
 
 
 def _csv_value(value):
@@ -55,11 +56,17 @@ def _ms(seconds):
 
 
 def _note(point):
+    hosts = len(point["hosts"])
+    where = (f"{hosts} emulated hosts, one machine's CPUs" if point.get("emulated_cluster")
+             else f"{hosts} hosts" if hosts > 1 else "")
     if point["oversubscribed"]:
-        return f"oversubscribed ({point['ranks_per_host']} ranks > {point['cpus_per_host']} CPUs)"
-    if point["oversubscribed"] is None:
-        return "host CPUs unknown"
-    return ""
+        ranks = point["ranks"] if point.get("emulated_cluster") else point["ranks_per_host"]
+        what = f"oversubscribed ({ranks} ranks > {point['cpus_per_host']} CPUs)"
+    elif point["oversubscribed"] is None:
+        what = "host CPUs unknown"
+    else:
+        what = ""
+    return "; ".join(part for part in (where, what) if part)
 
 
 def _straggler_rank(points):
@@ -117,7 +124,8 @@ speedup = T_b / T_m (weak: m/b * T_b / T_m), efficiency = speedup * b / m, b = t
 predicted = T_compute(b) * rows-per-worker ratio * imbal(m) + T_update(b) + T_comm(m) [+ straggler delay],
   T_comm = Bcast + Barrier + Reduce (allreduce mode: Barrier + Allreduce) of d+1 doubles from
   comm_model.json (~: rank count not benchmarked, scaled by ceil(log2 p)); error = predicted / measured - 1
-oversubscribed: more ranks than CPUs on a host: such rows check correctness, not speed"""
+oversubscribed: more ranks than CPUs on a host: such rows check correctness, not speed;
+  emulated hosts (mpigd cluster) are namespaces of one machine: real network, shared CPUs"""
 
 
 def format_report(report: dict) -> str:

@@ -264,7 +264,8 @@ def _comm_model(args, out, ranks, template, features, say):
         if str(m) in have:
             continue
         argv = launcher_argv(template, m) + [
-            sys.executable, "-m", "mpigd", "bench-comm", "--max-size", largest, "--out", path, "--quiet"]
+            sys.executable, "-m", "mpigd", "bench-comm", "--max-size", largest, "--out", path, "--quiet",
+            *shlex.split(args.bench_comm_args or "")]
         run_job(argv, args.timeout, f"bench-comm on {m} rank{'s' if m > 1 else ''}")
         say(f"  bench-comm: {m} rank{'s' if m > 1 else ''} -> {path}")
     return path
