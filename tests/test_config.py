@@ -62,3 +62,15 @@ def test_straggler_parses():
     assert parse_straggler("3:0.25") == (3, 0.25)
     assert build({}, {"lr": "0.5"}).lr == 0.5
     assert build({}, {}).lr == "auto"
+
+
+def test_every_mistake_of_a_config_file_is_reported_at_once(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('iterations = 5\nlearning_rate = 0.1\niters = "50"\nquiet = 1\n')
+    with pytest.raises(MpigdError) as caught:
+        load_file(path)
+    message = str(caught.value)
+    assert message.count("config file") == 1
+    for part in ("unknown keys 'iterations', 'learning_rate'", "key 'iters' must be an integer",
+                 "key 'quiet' must be true/false"):
+        assert part in message, message

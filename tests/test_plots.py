@@ -66,3 +66,19 @@ def test_scale_report_with_plots(sweep, tmp_path):
     assert proc.returncode == 0, proc.stderr
     written = set(os.listdir(tmp_path / "report"))
     assert SWEEP_FIGURES | {"scaling.csv", "scaling.json", "scaling.txt"} == written
+
+
+@pytest.mark.parametrize("command", ["scale", "scale-report"])
+def test_plots_without_matplotlib_fail_before_any_work(tmp_path, command):
+    """`scale --plots` used to run the whole sweep and only then say that matplotlib is missing."""
+    out = tmp_path / "s"
+    args = (["scale", "--ranks", "1", "--rows", 100, "--features", 2, "--iters", 2, "--repeat", 1,
+             "--comm-model", "none", "--out", out, "--plots"] if command == "scale"
+            else ["scale-report", str(tmp_path), "--plots"])
+    code = ("import sys; sys.modules['matplotlib'] = None; from mpigd.__main__ import main; "
+            "main(sys.argv[1:])")
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2 and "plots need matplotlib" in proc.stderr, proc.stderr
+    assert proc.stderr.count("mpigd: error") == 1
+    assert not out.exists()  # nothing was run, no sweep directory made

@@ -180,3 +180,21 @@ def test_each_rank_holds_only_its_shard_in_memory(tmp_path):
         assert entry["rows"] == 500_000
         growth = entry["peak_rss_mb"] - base["peak_rss_mb"]
         assert growth <= 1.15 * shard_mb + 16, (entry["rank"], growth, shard_mb)
+
+
+def test_a_run_that_stops_short_of_the_tolerance_says_so(tmp_path):
+    # Features on very different scales: plain GD crawls, 20 iterations are far from 1e-6.
+    rng = np.random.default_rng(3)
+    X = np.column_stack([rng.standard_normal(500), 1000 * rng.standard_normal(500)])
+    y = X @ np.array([1.0, 0.001]) + 0.1 * rng.standard_normal(500)
+    path = write_h5(tmp_path / "scales.h5", X, y)
+    run = mpirun(2, "--data", path, "--iters", 20, out=str(tmp_path / "r"))
+    assert run.returncode == 0, run
+    assert run.result["converged"] is False and run.result["stop_reason"] == "max_iters"
+    assert run.result["more_iterations_estimate"] is None or run.result["more_iterations_estimate"] > 0
+    assert "NOT CONVERGED: |g|/|g0| =" in run.stdout and "asked <= 1e-06 (--tol)" in run.stdout, run
+    assert "--standardize --intercept" in run.stdout
+    done = mpirun(2, "--data", path, "--iters", 20, "--standardize", out=str(tmp_path / "s"))
+    assert done.result["converged"] is True and "NOT CONVERGED" not in done.stdout, done
+    timing = mpirun(2, "--data", path, "--iters", 5, "--tol", 0, out=str(tmp_path / "t"))
+    assert timing.result["converged"] is False and "NOT CONVERGED" not in timing.stdout  # --tol 0

@@ -99,13 +99,25 @@ def load_file(path: str) -> dict:
         raise MpigdError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise MpigdError(f"config file {path} is not valid TOML: {exc}") from None
-    settings = {}
+    settings, unknown, wrong = {}, [], []
     for key, value in raw.items():
         name = key.replace("-", "_")
         if name not in FIELDS:
-            known = ", ".join(sorted(FIELDS))
-            raise MpigdError(f"config file {path}: unknown key '{key}' (known keys: {known})")
-        settings[name] = _typed(name, value, f"config file {path}: key '{key}'")
+            unknown.append(f"'{key}'")
+            continue
+        try:
+            settings[name] = _typed(name, value, f"key '{key}'")
+        except MpigdError as exc:
+            wrong.append(str(exc))
+    # Every mistake of the file at once: fixing one and rerunning to meet the next is tedious.
+    problems = []
+    if unknown:
+        known = ", ".join(sorted(FIELDS))
+        problems.append(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+                        f"(known keys: {known})")
+    problems += wrong
+    if problems:
+        raise MpigdError(f"config file {path}: " + "; ".join(problems))
     return settings
 
 

@@ -60,9 +60,24 @@ def summary(result: Result) -> str:
         share = 100 * stats.mean_s / wall if wall > 0 else 0.0
         lines.append(f"  {name:<9} {stats.mean_s:>10.4f} {stats.max_s:>10.4f} {share:>6.1f}%")
     lines.append(f"  imbalance (max/mean compute): {r.imbalance:.3f}")
+    lines += [f"  {line}" for line in _not_converged(r)]
     if r.placement:
         lines += [f"  note: {line}" for line in notes(r.placement, r.ranks)]
     return "\n".join(lines)
+
+
+def _not_converged(r: Result) -> list[str]:
+    """What to say when the run stopped at --iters short of --tol (exit 0, but not done)."""
+    tol = r.config.get("tol", 0)
+    if r.converged or r.stop_reason != "max_iters" or not tol:
+        return []
+    more = r.more_iterations_estimate
+    pace = (f"at the recent rate about {more} more iterations would reach it" if more else
+            "|g| has stopped falling")
+    return [f"NOT CONVERGED: |g|/|g0| = {r.grad_norm_rel:.3e} after {r.iterations} iterations, "
+            f"asked <= {tol:g} (--tol); {pace}.",
+            "  try: more --iters" + (f" (e.g. --iters {r.iterations + more})" if more else "")
+            + "; --standardize --intercept when features have different scales or means"]
 
 
 def quiet_summary(result: Result) -> str:
@@ -71,4 +86,5 @@ def quiet_summary(result: Result) -> str:
             f"final loss {result.final_loss:.9e}, {result.wall_s:.3f} s")
     over = [n for n in notes(result.placement, result.ranks) if n.startswith("oversubscribed")] \
         if result.placement else []
-    return "\n".join([line] + [f"mpigd: note: {n}" for n in over])
+    warning = _not_converged(result)[:1]
+    return "\n".join([line] + [f"mpigd: {w}" for w in warning] + [f"mpigd: note: {n}" for n in over])

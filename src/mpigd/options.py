@@ -93,15 +93,17 @@ def _generate_parser(sub):
         "file, block by block (memory stays ~32 MB whatever the size). Same arguments give "
         "identical datasets.",
     )
-    p.add_argument("--rows", type=int, required=True, metavar="N")
-    p.add_argument("--features", type=int, required=True, metavar="D")
-    p.add_argument("--seed", type=int, default=0, metavar="S")
+    p.add_argument("--rows", type=int, required=True, metavar="N", help="number of samples (rows of X)")
+    p.add_argument("--features", type=int, required=True, metavar="D", help="number of features (columns of X)")
+    p.add_argument("--seed", type=int, default=0, metavar="S",
+                   help="seed of w_true and of every block of rows [0]")
     p.add_argument("--noise", type=float, default=0.1, metavar="SIGMA", help="std of the noise on y [0.1]")
-    p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                   help="stored type of X and y [float64]")
     p.add_argument("--compression", choices=("gzip", "lzf"), default=None,
                    help="store X and y chunked and compressed (default: contiguous)")
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--out", metavar="FILE.h5", help="the file to write")
+    where.add_argument("--out", metavar="FILE.h5", help="the file to write (appears atomically)")
     where.add_argument("--out-dir", metavar="DIR",
                        help="write (or reuse) DIR/synthetic-ROWSxFEATURES-seedS.h5 and print its "
                        "path (for scripts)")
@@ -255,7 +257,8 @@ def _plot_parser(sub):
     )
     _report_arguments(p, "the PNGs")
     p.add_argument("--run", metavar="RUN_DIR",
-                   help="the run for the loss plot [the median repeat of the largest rank count]")
+                   help="the run for the convergence plot (loss.png) [the median repeat of the largest "
+                   "rank count that is not oversubscribed]")
     return p
 
 

@@ -93,6 +93,7 @@ class Result:
     iterations: int        # updates
     evaluations: int       # gradient passes = iterations + 1
     stop_reason: str
+    converged: bool        # |g|/|g0| reached --tol (False at max_iters, and with --tol 0)
     final_loss: float
     initial_loss: float
     grad_norm_rel: float
@@ -117,6 +118,7 @@ class Result:
     preprocessing: Preprocessing | None = None
     clocks: dict | None = None   # offsets of every rank's clock to rank 0's (clocks.py)
     placement: dict | None = None  # hosts, ranks per host, oversubscription (placement.py)
+    more_iterations_estimate: int | None = None  # not converged: to reach --tol at the recent rate
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -107,6 +107,21 @@ class StopRules:
         """Loss and |g| of every iteration evaluated so far (including a resumed run's)."""
         return self.loss[: self.last + 1], self.grad_norm[: self.last + 1]
 
+    def iterations_to_tol(self, window: int = 20) -> int | None:
+        """Iterations still needed to reach tol at the rate |g| fell over the last `window`.
+
+        None when tol was reached, is 0 (never stop early) or |g| stopped falling.
+        """
+        _, norm = self.history()
+        target = self.tol * norm[0]
+        if self.tol == 0 or len(norm) < 3 or norm[-1] <= target:
+            return None
+        k = min(window, len(norm) - 1)
+        rate = (norm[-1] / norm[-1 - k]) ** (1 / k) if norm[-1 - k] > 0 else 1.0
+        if not 0 < rate < 1:
+            return None
+        return int(math.ceil(math.log(target / norm[-1]) / math.log(rate)))
+
     def history_before(self, iteration: int) -> tuple[np.ndarray, np.ndarray]:
         """Loss and |g| of iterations 0 .. iteration-1: what a checkpoint at `iteration` keeps."""
         return self.loss[:iteration], self.grad_norm[:iteration]

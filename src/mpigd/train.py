@@ -319,6 +319,8 @@ def _result(job, prepared, step, saver, trajectory, seconds, facts) -> Result:
                         y_dataset=info.y_name, x_dtype=info.x_dtype, y_dtype=info.y_dtype),
         run_dir=os.path.abspath(job.run_dir), iterations=rules.updates, evaluations=evaluations,
         stop_reason=trajectory.outcome.reason, final_loss=float(loss[-1]),
+        converged=trajectory.outcome is Outcome.CONVERGED,
+        more_iterations_estimate=rules.iterations_to_tol(),
         initial_loss=float(loss[0]),
         grad_norm_rel=float(grad_norm[-1] / grad_norm[0]) if grad_norm[0] > 0 else 0.0,
         lr=step.lr, lr_mode=step.mode, lambda_max=step.lambda_max,

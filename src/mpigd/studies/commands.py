@@ -16,6 +16,7 @@ from .. import rundir
 from ..errors import MpigdError
 from ..options import comma_list
 from . import commbench
+from .plots import check_available as check_plots_available
 from .plots import plot_loss, write_all
 from .results import find_results
 from .scaling import build_report
@@ -51,6 +52,8 @@ def _report_inputs(args):
 
 
 def scale_report(args, say=print) -> int:
+    if args.plots:
+        check_plots_available()
     paths, kind, model = _report_inputs(args)
     publish(build_report(paths, kind, model), args.out or args.runs_dir, args.plots, say,
             "scale-report")

@@ -55,7 +55,37 @@ def _ms(seconds):
     return "" if seconds is None else f"{1e3 * seconds:.3f}"
 
 
-def _note(point):
+def _cache_bytes() -> int | None:
+    """The largest CPU cache of this machine (Linux sysfs), or None."""
+    sizes = []
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    for entry in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+        try:
+            with open(os.path.join(base, entry, "size")) as handle:
+                text = handle.read().strip()
+        except OSError:
+            continue
+        if text[:-1].isdigit() and text[-1] in "KM":
+            sizes.append(int(text[:-1]) << (10 if text[-1] == "K" else 20))
+    return max(sizes, default=None)
+
+
+def _above_ideal(point, series):
+    """Why a speedup can beat m: a shard that now fits in cache, or noise; say which fits."""
+    if point["ranks"] == series["baseline_ranks"] or point["efficiency"] <= 1.02:
+        return ""
+    itemsize = 4 if series["dtype"] == "float32" else 8
+    shard = point["rows"] / point["workers"] * series["features"] * itemsize
+    cache = _cache_bytes()
+    spread = (point["s_per_iter_max"] - point["s_per_iter_min"]) / point["s_per_iter"]
+    why = (f"each rank's {shard / 2**20:.1f} MB shard fits in the {cache / 2**20:.0f} MB cache"
+           if cache and shard <= cache else
+           f"repeats spread {100 * spread:.0f} %: noise?" if spread > 0.04 else
+           f"each rank's shard is {shard / 2**20:.1f} MB: more cache per rank?")
+    return f"above ideal: {why}"
+
+
+def _note(point, series=None):
     hosts = len(point["hosts"])
     where = (f"{hosts} emulated hosts, one machine's CPUs" if point.get("emulated_cluster")
              else f"{hosts} hosts" if hosts > 1 else "")
@@ -66,7 +96,8 @@ def _note(point):
         what = "host CPUs unknown"
     else:
         what = ""
-    return "; ".join(part for part in (where, what) if part)
+    above = _above_ideal(point, series) if series else ""
+    return "; ".join(part for part in (where, what, above) if part)
 
 
 def _straggler_rank(points):
@@ -98,7 +129,7 @@ def format_series(s: dict) -> str:
             f"{p['ranks']:>5} {_ms(p['s_per_iter']):>9} {p['speedup']:>7.3f} {p['efficiency']:>6.3f} "
             f"{_ms(p['compute_s']):>8} {_ms(p['compute_slowest_s']):>8} {_ms(p['comm_s']):>7} "
             f"{_ms(p['sync_s']):>7} {_ms(p['update_s']):>7} {p['imbalance_iter']:>6.3f} {predicted:>9} "
-            f"{error:>7}  {_note(p)}".rstrip())
+            f"{error:>7}  {_note(p, s)}".rstrip())
     return "\n".join(lines)
 
 

@@ -28,6 +28,7 @@ from ..options import comma_list, parse_train_args
 from .hockney import load_model
 from .results import summarize_run
 from .scaling import build_report
+from .plots import check_available as check_plots_available
 from .scaling_text import publish
 
 # Trainer options the sweep sets itself, so --train-args may not.
@@ -138,6 +139,8 @@ def sweep(args, say=_say) -> dict:
     """`python -m mpigd scale`: plan, make the data, run every run (reusing finished ones), report."""
     _check_not_under_mpi()
     plan = plan_sweep(args)
+    if args.plots:
+        check_plots_available()  # not after an hour of runs
     out = args.out or os.path.join("runs", "scale-" + time.strftime("%Y%m%d-%H%M%S"))
     template = args.launcher or default_launcher()
     launcher_argv(template, 1)
