@@ -171,27 +171,32 @@ def _munge_works(socket_path):
         return False
 
 
+def start_munged(munge_dir, started):
+    """A private munged on its own socket in munge_dir; appended to `started`; its socket."""
+    # munged runs as the munge user, which cannot enter pytest's root-only tmp directories.
+    shutil.chown(munge_dir, "munge", "munge")
+    munge_dir.chmod(0o755)
+    munge_socket = munge_dir / "munge.socket"
+    started.append(("munged", subprocess.Popen(
+        ["/usr/sbin/munged", "--foreground", f"--socket={munge_socket}",
+         f"--pid-file={munge_dir}/munged.pid", f"--seed-file={munge_dir}/munged.seed"],
+        user="munge", group="munge", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE)))
+    deadline = time.monotonic() + 20
+    while not _munge_works(munge_socket):
+        assert started[-1][1].poll() is None, f"munged exited: {started[-1][1].stderr.read()}"
+        assert time.monotonic() < deadline, "munged did not answer within 20 s"
+        time.sleep(0.2)
+    return munge_socket
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     _install()
     started = []
-    # munged runs as the munge user, which cannot enter pytest's root-only tmp directories.
     munge_dir = Path(tempfile.mkdtemp(prefix="mpigd-munge-"))
     try:
-        shutil.chown(munge_dir, "munge", "munge")
-        munge_dir.chmod(0o755)
-        munge_socket = munge_dir / "munge.socket"
-        started.append(("munged", subprocess.Popen(
-            ["/usr/sbin/munged", "--foreground", f"--socket={munge_socket}",
-             f"--pid-file={munge_dir}/munged.pid", f"--seed-file={munge_dir}/munged.seed"],
-            user="munge", group="munge", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE)))
-        deadline = time.monotonic() + 20
-        while not _munge_works(munge_socket):
-            assert started[-1][1].poll() is None, f"munged exited: {started[-1][1].stderr.read()}"
-            assert time.monotonic() < deadline, "munged did not answer within 20 s"
-            time.sleep(0.2)
-
+        munge_socket = start_munged(munge_dir, started)
         directory = tmp_path_factory.mktemp("slurm")
         for sub in ("state", "spool", "work"):
             (directory / sub).mkdir()

@@ -9,8 +9,10 @@ against the machine's CPUs, not per host.
 
 import os
 
-# Set by `mpigd cluster run` for every rank it starts (mpigd.cluster.launch.JOB_TOKEN).
-EMULATED_CLUSTER_VARIABLE = "MPIGD_CLUSTER_JOB"
+# Set by `mpigd cluster run` for every rank it starts (mpigd.cluster.launch.JOB_TOKEN); set
+# MPIGD_EMULATED_HOSTS=1 yourself where "hosts" share one machine otherwise (e.g. Slurm
+# nodes in network namespaces, as the multi-node Slurm tests run them).
+EMULATED_CLUSTER_VARIABLES = ("MPIGD_CLUSTER_JOB", "MPIGD_EMULATED_HOSTS")
 
 
 def placement(facts) -> dict:
@@ -20,7 +22,7 @@ def placement(facts) -> dict:
     for f in facts:
         ranks_by_host.setdefault(f.host, []).append(f.rank)
         cpus_by_host[f.host] = f.cpus
-    emulated = bool(os.environ.get(EMULATED_CLUSTER_VARIABLE))
+    emulated = any(os.environ.get(name) for name in EMULATED_CLUSTER_VARIABLES)
     if emulated:  # one machine's CPUs for all hosts
         cpus = max(cpus_by_host.values(), default=0)
         over = sorted(ranks_by_host) if cpus and len(facts) > cpus else []
