@@ -156,6 +156,10 @@ def nodes(tmp_path_factory):
         cluster = Nodes(hosts, directory, directory / "work", env)
         _start(cluster, started, conf, env)
         yield cluster
+        if os.environ.get("MPIGD_SLURM_NODES_SACCT_OUT"):  # the jobs it ran, for a report
+            Path(os.environ["MPIGD_SLURM_NODES_SACCT_OUT"]).write_text(cluster.run(
+                "sacct", "-c", "-o", "JobID,JobName%20,NNodes,NodeList%12,NCPUS,State,ExitCode",
+                check=False).stdout)
         cluster.run("scancel", "--user=root", check=False)
         deadline = time.monotonic() + 60
         while cluster.run("squeue", "-h", check=False).stdout.strip() and time.monotonic() < deadline:
