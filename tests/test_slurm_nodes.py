@@ -32,6 +32,7 @@ from mpigd.cluster import Cluster, down
 from test_slurm import PACKAGES, SLURM_SCRIPTS, TIMEOUT, _install, _run, _stop, start_munged
 
 NODES = 4
+CLUSTER_PACKAGES = ("iproute2", "iptables", "util-linux", "mount")  # as .ci/run
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
@@ -132,7 +133,8 @@ def _start(nodes, started, conf, env):
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory):
-    _install()
+    # Slurm, and what the emulated hosts need (ip, tc, iptables, ebtables, nsenter).
+    _install(PACKAGES + CLUSTER_PACKAGES)
     directory = tmp_path_factory.mktemp("slurmnodes")
     for sub in ("state", "work"):
         (directory / sub).mkdir()
