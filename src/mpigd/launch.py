@@ -5,6 +5,7 @@ stopped (timeout, Ctrl-C, an exception in the caller) is ended with its whole gr
 no rank outlives the process that started it.
 """
 
+import functools
 import os
 import shlex
 import shutil
@@ -15,17 +16,99 @@ import sys
 from .errors import MpigdError
 
 
+# What an MPI runtime puts into a rank's environment to tie it to its job (Open MPI's
+# singleton init also adds ~27 of them to the C environment, which os.environ does not
+# show). A job started from such a process must not inherit them: Open MPI's mpiexec then
+# takes itself for part of the old job and exits 1 without a word. Settings a user gives
+# the MPI library by environment (OMPI_MCA_*, PMIX_MCA_*, run-as-root) are kept, except
+# the MCA names that only the runtime sets, which name the old job's daemons and ids.
+_JOB_PREFIXES = ("OMPI_", "PMIX_", "ORTE_", "OPAL_", "PMI_", "MPI_LOCALRANKID", "MPI_LOCALNRANKS")
+_USER_PREFIXES = ("OMPI_MCA_", "PMIX_MCA_", "OMPI_ALLOW_RUN_AS_ROOT")
+_RUNTIME_MCA = ("OMPI_MCA_orte_", "OMPI_MCA_ess", "OMPI_MCA_pmix", "OMPI_MCA_initial_wdir",
+                "OMPI_MCA_shmem_RUNTIME_QUERY_hint", "OMPI_MCA_mpi_oversubscribe")
+
+
+def _job_variable(name: str) -> bool:
+    if not name.startswith(_JOB_PREFIXES):
+        return False
+    return not name.startswith(_USER_PREFIXES) or name.startswith(_RUNTIME_MCA)
+
+
+def child_env(extra: dict | None = None) -> dict:
+    """The environment of a job this process launches: ours without the MPI job's state."""
+    env = {k: v for k, v in os.environ.items() if not _job_variable(k)}
+    env.update(extra or {})
+    return env
+
+
+# Which launcher belongs to which library: a word of `mpiexec --version` for a word of
+# MPI_Get_library_version. A library not listed here is not judged.
+_FAMILIES = (("Open MPI", ("OpenRTE", "Open MPI", "PRRTE")), ("Intel(R) MPI", ("Intel(R) MPI",)),
+             ("MPICH", ("HYDRA",)), ("MVAPICH", ("HYDRA",)))
+
+
+@functools.lru_cache(maxsize=1)
+def mpi4py_library() -> str:
+    """mpi4py's MPI library version line, asked in a child process (this one stays MPI-free)."""
+    code = ("import mpi4py; mpi4py.rc.initialize = False; from mpi4py import MPI; "
+            "print(MPI.Get_library_version().replace('\\x00', '').splitlines()[0])")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=60, stdin=subprocess.DEVNULL, env=child_env())
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return " ".join(proc.stdout.split()) if proc.returncode == 0 else ""
+
+
+@functools.lru_cache(maxsize=8)
+def launcher_family(path: str) -> str | None:
+    """The MPI family of the launcher at path (from --version), or None if unknown."""
+    try:
+        proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30,
+                              stdin=subprocess.DEVNULL, env=child_env())
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    said = (proc.stdout + proc.stderr).upper()
+    library = mpi4py_library()
+    for family, words in _FAMILIES:
+        if family.upper() in library.upper():
+            return family if any(w.upper() in said for w in words) else "another MPI"
+    return None
+
+
+def _mismatch(path: str) -> str:
+    """Why the launcher at path cannot start this mpi4py's ranks, or '' if it can."""
+    library = mpi4py_library()
+    if launcher_family(path) != "another MPI":
+        return ""
+    return f"{path} is not a launcher of the MPI that mpi4py uses ({library})"
+
+
 def find_mpiexec() -> str:
-    """mpiexec next to sys.executable (the mpich wheel puts it there), then $MPIEXEC, then PATH."""
-    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    if os.access(here, os.X_OK):
-        return here
-    explicit = os.environ.get("MPIEXEC")
+    """The launcher of mpi4py's MPI: $MPIEXEC, else mpiexec next to sys.executable (where the
+    mpich wheel puts it), else mpiexec/mpirun on PATH; one of another MPI is refused."""
+    return _find_mpiexec(os.environ.get("MPIEXEC"), os.environ.get("PATH"), sys.executable)
+
+
+@functools.lru_cache(maxsize=4)
+def _find_mpiexec(explicit: str | None, path_variable: str | None, python: str) -> str:
     if explicit:
-        return explicit
-    found = shutil.which("mpiexec") or shutil.which("mpirun")
+        path = shutil.which(explicit) or explicit
+        why = _mismatch(path)
+        if why:
+            raise FileNotFoundError(f"$MPIEXEC: {why}; point $MPIEXEC at that MPI's mpiexec")
+        return path
+    here = os.path.join(os.path.dirname(python), "mpiexec")
+    found = [here] if os.access(here, os.X_OK) else []
+    found += [p for p in (shutil.which("mpiexec", path=path_variable),
+                          shutil.which("mpirun", path=path_variable)) if p and p not in found]
+    for path in found:
+        if not _mismatch(path):
+            return path
     if found:
-        return found
+        raise FileNotFoundError(f"{_mismatch(found[0])} (nor is any of {', '.join(found[1:]) or 'PATH'}): "
+                                "set $MPIEXEC to the mpiexec of the MPI mpi4py was built against, "
+                                "or rebuild mpi4py: MPICC=$(which mpicc) pip install --no-binary=mpi4py mpi4py")
     raise FileNotFoundError(
         "no mpiexec found: install one with `pip install mpich` (or `pip install .[mpich]`), "
         "set $MPIEXEC, or load your site's MPI module"
@@ -39,7 +122,10 @@ def mpi_command(ranks: int, *args, python: str = sys.executable) -> list[str]:
 
 def default_launcher() -> str:
     """The launcher template of sweeps without --launcher: this MPI's mpiexec."""
-    return shlex.quote(find_mpiexec()) + " -n {n}"
+    try:
+        return shlex.quote(find_mpiexec()) + " -n {n}"
+    except FileNotFoundError as exc:
+        raise MpigdError(f"{exc}; or give --launcher") from None
 
 
 def launcher_argv(template: str, n: int) -> list[str]:
@@ -88,7 +174,7 @@ def run_job(argv: list, timeout: float, what: str, env: dict | None = None) -> s
     try:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
-                                env=None if env is None else {**os.environ, **env})
+                                env=child_env(env))
     except OSError as exc:
         raise MpigdError(f"cannot start {what}: {argv[0]}: {exc.strerror or exc}; check --launcher") from None
     try:
@@ -110,4 +196,8 @@ def run_job(argv: list, timeout: float, what: str, env: dict | None = None) -> s
 def run_mpigd(ranks: int, *args, timeout: float, env: dict | None = None) -> str:
     """stdout of `mpiexec -n ranks python -m mpigd ARGS`, through run_job."""
     what = f"`mpirun -n {ranks} python -m mpigd {' '.join(map(str, args))}`"
-    return run_job(mpi_command(ranks, *args), timeout, what, env=env)
+    try:
+        argv = mpi_command(ranks, *args)
+    except FileNotFoundError as exc:
+        raise MpigdError(str(exc)) from None
+    return run_job(argv, timeout, what, env=env)
