@@ -10,9 +10,20 @@ import h5py
 import numpy as np
 import pytest
 
-from mpigd.launch import mpi_command
+from mpigd.launch import child_env, mpi_command
 
 MPI_TIMEOUT = 120  # seconds; no MPI launch may hang the suite
+
+
+def pytest_collection_finish(session):
+    """The pytest process itself never starts MPI: ranks are always launched, real jobs.
+
+    Importing mpi4py.MPI (e.g. through an mpigd module at a test file's top) initialises
+    MPI here, and Open MPI's singleton then hands its runtime's state to every later launch.
+    """
+    if "mpi4py.MPI" in sys.modules:
+        raise pytest.UsageError("a test module imported mpi4py.MPI at collection (directly or through "
+                                "an mpigd module): import it inside the launched job instead")
 
 
 class Run:
@@ -41,7 +52,7 @@ def mpirun(ranks, *args, out=None, timeout=MPI_TIMEOUT, cwd=None, env=None):
     started = time.perf_counter()
     proc = subprocess.run(mpi_command(ranks, *args), capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, stdin=subprocess.DEVNULL,
-                          env={**os.environ, **(env or {})})
+                          env=child_env(env))
     return Run(proc, time.perf_counter() - started, out)
 
 

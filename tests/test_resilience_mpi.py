@@ -12,7 +12,7 @@ import pytest
 
 from conftest import mpirun, serial_gd, write_h5
 from mpigd.checkpoint import load
-from mpigd.launch import mpi_command
+from mpigd.launch import child_env, mpi_command
 
 FIXED = ["--lr", 2e-4, "--tol", 0, "--quiet"]
 
@@ -23,8 +23,12 @@ def resume(ranks, out, *args):
     return run
 
 
+# How each launcher tells a rank its rank: MPICH's hydra, Open MPI's mpirun (and PMIx).
+RANK_VARIABLES = (b"PMI_RANK", b"OMPI_COMM_WORLD_RANK", b"PMIX_RANK")
+
+
 def rank_pids(marker):
-    """PIDs of the ranks whose command line contains `marker`, by rank (from PMI_RANK)."""
+    """PIDs of the ranks whose command line contains `marker`, by rank (from the launcher)."""
     pids = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -38,14 +42,15 @@ def rank_pids(marker):
                 env = dict(v.split(b"=", 1) for v in handle.read().split(b"\0") if b"=" in v)
         except OSError:
             continue
-        if b"PMI_RANK" in env:
-            pids[int(env[b"PMI_RANK"])] = int(entry)
+        rank = next((env[name] for name in RANK_VARIABLES if name in env), None)
+        if rank is not None:
+            pids[int(rank)] = int(entry)
     return pids
 
 
 def start(ranks, *args):
     return subprocess.Popen(mpi_command(ranks, *args), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, env=child_env())
 
 
 def wait_for(predicate, timeout=30.0):

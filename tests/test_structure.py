@@ -5,6 +5,8 @@ time, not months later when someone has to change it.
 """
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,16 @@ def test_the_training_path_never_imports_the_studies():
 def test_the_check_sees_imports():
     # The graph is not empty by accident: the trainer is known to use the solver.
     assert "mpigd.solver" in _graph()["mpigd.train"]
+
+
+def test_collecting_the_tests_does_not_start_mpi():
+    # A test module that imports mpi4py.MPI (directly or through mpigd) starts MPI inside
+    # the pytest process; under Open MPI every job launched afterwards then inherits the
+    # runtime's state and its mpiexec exits 1 without a word.
+    code = ("import sys, pytest; code = pytest.main(['--collect-only', '-q', '-p', 'no:cacheprovider', "
+            f"{str(Path(__file__).parent)!r}]); print('MPI imported:', 'mpi4py.MPI' in sys.modules); "
+            "sys.exit(int(code))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+    assert "MPI imported: False" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -8,7 +8,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from mpi4py import MPI
 
 from .errors import MpigdError
 
@@ -45,6 +44,8 @@ def estimate_lmax(comm, shard, d: int, seed: int = 0, rtol: float = 1e-4,
     lambda_max that converges from below; valid on every rank. Raises (on every rank)
     when X^T X v overflows the shard's dtype: no step size can be derived then.
     """
+    from mpi4py import MPI  # here: StepSize (in checkpoints) is read without starting MPI
+
     root = comm.rank == 0
     vbuf = np.zeros(d + 1)
     local = np.zeros(d)
