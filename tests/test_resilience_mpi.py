@@ -12,7 +12,7 @@ import pytest
 
 from conftest import mpirun, serial_gd, write_h5
 from mpigd.checkpoint import load
-from mpigd.launch import child_env, mpi_command
+from mpigd.launch import child_env, mpi_command, mpi_family
 
 FIXED = ["--lr", 2e-4, "--tol", 0, "--quiet"]
 
@@ -140,7 +140,9 @@ def test_sigterm_stops_at_an_iteration_boundary_with_a_checkpoint(problem, tmp_p
         _, stderr = job.communicate(timeout=10)
     finally:
         job.kill()
-    assert job.returncode == 143, stderr
+    # hydra forwards SIGTERM at once and passes the ranks' 143 on; Open MPI's mpirun passes
+    # it on a second later, SIGKILLs a second after that, and always exits 1 (README).
+    assert job.returncode == (1 if mpi_family() == "Open MPI" else 143), stderr
     assert stderr.count("received SIGTERM") == 1 and "--resume" in stderr, stderr
     state = load(out)
     assert 0 < state.iteration < 40 and len(state.loss) == state.iteration

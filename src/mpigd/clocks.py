@@ -98,6 +98,10 @@ class Alignment:
 
 
 def aligned_starts(alignment: "Alignment", starts: np.ndarray) -> np.ndarray:
-    """(ranks x iterations) starts on each rank's clock -> rank 0's clock, from its first start."""
+    """(ranks x iterations) starts on each rank's clock -> rank 0's clock, from the earliest.
+
+    The earliest start of any rank, not rank 0's: a worker may enter the first Bcast before
+    the server does (seen under Open MPI), and a trace's timestamps must not be negative.
+    """
     aligned = np.array([alignment.to_root(rank, starts[rank]) for rank in range(len(starts))])
-    return aligned - aligned[0, 0] if aligned.size else aligned
+    return aligned - aligned.min() if aligned.size else aligned

@@ -60,6 +60,12 @@ def mpi4py_library() -> str:
     return " ".join(proc.stdout.split()) if proc.returncode == 0 else ""
 
 
+def mpi_family() -> str | None:
+    """"Open MPI", "MPICH", ... for the MPI library mpi4py uses; None if not known here."""
+    library = mpi4py_library().upper()
+    return next((family for family, _ in _FAMILIES if family.upper() in library), None)
+
+
 @functools.lru_cache(maxsize=8)
 def launcher_family(path: str) -> str | None:
     """The MPI family of the launcher at path (from --version), or None if unknown."""
@@ -140,18 +146,49 @@ def launcher_argv(template: str, n: int) -> list[str]:
     return argv
 
 
-def kill_group(proc: subprocess.Popen) -> None:
-    """End a launched job and everything it started (mpiexec's ranks, srun's tasks)."""
-    for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+def session_members(session: int) -> list[int]:
+    """PIDs of the processes of a session (Linux /proc), the session leader first."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
-            os.killpg(proc.pid, sig)
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session:  # after "pid (comm)": state ppid pgrp session
+            found.append(int(entry))
+    return sorted(found, key=lambda pid: pid != session)
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
         except ProcessLookupError:
+            pass
+
+
+def kill_group(proc: subprocess.Popen, grace: float = 5) -> None:
+    """End a launched job and everything it started (mpiexec's ranks, srun's tasks).
+
+    The job runs in a session of its own (start_new_session). SIGTERM goes to every process
+    of it, the ranks included, as srun delivers it: Open MPI's mpirun puts each rank in a
+    process group of its own, and if only mpirun is signalled it passes SIGTERM on a second
+    later and SIGKILLs a second after that (odls_base_sigkill_timeout), too soon for a clean
+    stop. Whatever is left after `grace` seconds gets SIGKILL.
+    """
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        members = session_members(proc.pid)
+        if not members:
+            proc.poll()
             return
+        _signal_all(members, sig)
         try:
             proc.wait(timeout=grace)
-            return
         except subprocess.TimeoutExpired:
             continue
+        _signal_all(session_members(proc.pid), signal.SIGKILL)  # ranks the launcher left behind
+        return
 
 
 def quoted(argv: list) -> str:
