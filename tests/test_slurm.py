@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from mpigd.launch import srun_mpi
+
 REPO = Path(__file__).resolve().parents[1]
 SLURM_SCRIPTS = REPO / "slurm"
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
@@ -108,8 +110,9 @@ JobCompType=jobcomp/filetxt
 JobCompLoc={dir}/jobcomp.txt
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
-# pmi2: with MpiDefault=none, `srun -n 2` starts two separate MPI jobs of size 1.
-MpiDefault=pmi2
+# The PMI of the MPI under test (pmi2 for MPICH, pmix for Open MPI): with MpiDefault=none,
+# `srun -n 2` starts two separate MPI jobs of size 1.
+MpiDefault={mpi_default}
 # One rank dying ends the step instead of leaving the others blocked until the limit.
 KillOnBadExit=1
 # An impossible request is refused at submission instead of pending forever.
@@ -205,7 +208,8 @@ def cluster(tmp_path_factory):
         conf.write_text(SLURM_CONF.format(host=host, dir=directory, munge_socket=munge_socket,
                                           ctld_port=_free_port(),
                                           d_port=_free_port(),
-                                          first_job_id=random.randrange(1_000, 60_000_000)))
+                                          first_job_id=random.randrange(1_000, 60_000_000),
+                                          mpi_default=srun_mpi() or "pmi2"))
         venv = sys.prefix if sys.prefix != sys.base_prefix else ""
         env = {**os.environ, "SLURM_CONF": str(conf), "MPIGD_VENV": venv,
                "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
@@ -299,7 +303,7 @@ def test_a_rank_killed_without_mpi_abort_ends_the_step_soon(cluster, data):
     # SIGKILL (say, out of memory) gives mpigd no chance to call MPI_Abort: rank 0 blocks in
     # its next collective, and srun --wait ends the step (train.sbatch: 30 s; here 5 s).
     job, _ = cluster.sbatch(_sbatch_script("train.sbatch"), "--data", data, "--iters", 1_000_000,
-                            "--tol", 0, wait=False, env={"MPIGD_SRUN_ARGS": "--wait=5"})
+                            "--tol", 0, wait=False, env={"MPIGD_SRUN_ARGS": f"{os.environ.get('MPIGD_SRUN_ARGS', '')} --wait=5"})
     log = cluster.workdir / f"mpigd-{job}.out"
     deadline = time.monotonic() + 60
     while not (log.exists() and "iter " in log.read_text(errors="replace")):

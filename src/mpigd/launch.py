@@ -66,6 +66,17 @@ def mpi_family() -> str | None:
     return next((family for family, _ in _FAMILIES if family.upper() in library), None)
 
 
+# The srun --mpi plugin each MPI needs: Open MPI 4+ speaks PMIx (Debian's is built without
+# Slurm's PMI2), MPICH and its derivatives PMI2. A wrong or missing one does not fail: srun
+# then starts N separate 1-rank jobs.
+SRUN_MPI = {"Open MPI": "pmix", "MPICH": "pmi2", "MVAPICH": "pmi2", "Intel(R) MPI": "pmi2"}
+
+
+def srun_mpi() -> str:
+    """The `srun --mpi=` value for the MPI mpi4py uses ('' when not known: the site's default)."""
+    return SRUN_MPI.get(mpi_family() or "", "")
+
+
 @functools.lru_cache(maxsize=8)
 def launcher_family(path: str) -> str | None:
     """The MPI family of the launcher at path (from --version), or None if unknown."""
