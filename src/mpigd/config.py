@@ -39,6 +39,7 @@ class Straggler(NamedTuple):
 
 
 KERNELS = ("auto", "blas", "numba")
+PROGRESS = ("auto", "bar", "lines", "none")
 KERNEL_VARIABLE = "MPIGD_KERNEL"  # the kernel's default when --kernel is not given
 
 
@@ -64,6 +65,7 @@ class TrainConfig:
     trace: bool = False              # write trace.json (Chrome trace events)
     checkpoint_every: int = 0        # write checkpoint.h5 every K iterations; 0 = never
     kernel: str | None = None        # auto, blas or numba; None = $MPIGD_KERNEL, else auto
+    progress: str = "auto"           # bar, lines, none; auto: console.progress_style
 
     def to_dict(self) -> dict:
         """Plain JSON/HDF5-attribute values, as the options are spelled on the command line."""
@@ -77,13 +79,14 @@ FIELDS = {f.name: f for f in fields(TrainConfig)}
 _BOOLEAN = {"force", "dedicated_server", "standardize", "intercept", "quiet", "trace"}
 _INTEGER = {"iters", "threads", "seed", "checkpoint_every"}
 _FLOAT = {"tol"}
-_STRING = {"data", "x_dataset", "y_dataset", "out", "dtype", "straggler", "mode", "kernel"}
+_STRING = {"data", "x_dataset", "y_dataset", "out", "dtype", "straggler", "mode", "kernel", "progress"}
 # What a resumed run may change: everything else would make it a different computation.
 # StopRules and the phase clocks hold (iters x phases) arrays on every rank: a typo like
 # --iters 1e12 must be refused, not met with a MemoryError. Longer runs chain --resume.
 MAX_ITERS = 10**7
 RESUME_OVERRIDABLE = {"iters", "tol", "quiet", "threads", "straggler", "trace",
-                      "checkpoint_every", "mode", "dedicated_server", "force", "kernel"}
+                      "checkpoint_every", "mode", "dedicated_server", "force", "kernel",
+                      "progress"}
 
 
 def _option(name):
@@ -225,6 +228,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise MpigdError("--dedicated-server needs --mode server: with allreduce there is no server")
     if config.dtype not in ("auto", "float64", "float32"):
         raise MpigdError(f"--dtype must be auto, float64 or float32, got {config.dtype!r}")
+    if config.progress not in PROGRESS:
+        raise MpigdError(f"--progress must be one of {', '.join(PROGRESS)}, got {config.progress!r}")
     if config.straggler is not None:
         config.straggler = parse_straggler(config.straggler)
     config.kernel = kernel_setting(config.kernel)

@@ -3,6 +3,7 @@
 Files are written elsewhere (rundir.py, result.py); this module only prints.
 """
 
+import os
 import sys
 import time
 
@@ -11,12 +12,49 @@ from .result import Result
 from .timing import PHASES
 
 
-class Progress:
-    """Rank 0's progress: a live line on a terminal, plain lines in batch logs."""
+# Launchers whose own stdout decides whether the user watches a terminal: Open MPI's mpirun
+# gives every rank a pseudo-terminal even when its output goes to a file.
+LAUNCHERS = {"mpirun", "mpiexec", "orterun", "prterun", "mpiexec.hydra", "mpirun.openmpi",
+             "mpiexec.openmpi", "mpiexec.mpich", "mpirun.mpich", "hydra_pmi_proxy", "srun"}
+BATCH_VARIABLES = ("CI", "SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "JOB_ID")
 
-    def __init__(self, max_iters, enabled, stream=sys.stdout, start=0):
+
+def _launcher_output_is_terminal(pid: int, depth: int = 4) -> bool | None:
+    """Whether the nearest launcher above pid writes to a terminal (None: no launcher found)."""
+    for _ in range(depth):
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                pid = int(handle.read().rpartition(")")[2].split()[1])  # the parent
+            with open(f"/proc/{pid}/comm") as handle:
+                name = handle.read().strip()
+            if name in LAUNCHERS:
+                return os.path.realpath(f"/proc/{pid}/fd/1").startswith(("/dev/pts/", "/dev/tty"))
+        except (OSError, ValueError, IndexError):
+            return None
+    return None
+
+
+def progress_style(stream=sys.stdout, environ=os.environ, pid: int | None = None) -> str:
+    """--progress auto: 'bar' only when a person watches a terminal, else 'lines'.
+
+    Not a terminal, a batch job or CI (where srun --pty is the one interactive case), or a
+    launcher whose own output is not a terminal (`mpirun ... > log` under Open MPI) give lines.
+    """
+    if not stream.isatty():
+        return "lines"
+    if any(environ.get(name) for name in BATCH_VARIABLES) and not environ.get("SLURM_PTY_PORT"):
+        return "lines"
+    return "lines" if _launcher_output_is_terminal(pid or os.getpid()) is False else "bar"
+
+
+class Progress:
+    """Rank 0's progress: a live line on a terminal, plain lines in batch logs (or none)."""
+
+    def __init__(self, max_iters, enabled, stream=sys.stdout, start=0, style="auto"):
+        style = progress_style(stream) if enabled and style == "auto" else style
+        enabled = enabled and style != "none"
         self.max_iters, self.enabled, self.stream, self.start = max_iters, enabled, stream, start
-        self.tty = enabled and stream.isatty()
+        self.tty = enabled and style == "bar"
         self.every = max(1, max_iters // 10)
         self.last = time.monotonic()
 

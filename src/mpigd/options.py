@@ -10,7 +10,7 @@ import argparse
 
 from . import __version__, importer, rundir
 from .cluster import cli as cluster_cli
-from .config import KERNELS
+from .config import KERNELS, PROGRESS
 from .errors import MpigdError, launcher_rank
 
 COMMANDS = ("train", "generate", "import", "cluster", "scale", "scale-report", "bench-comm", "plot", "bench")
@@ -80,6 +80,9 @@ def _train_parser(sub):
     p.add_argument("--kernel", choices=KERNELS,
                    help="gradient kernel: blas, numba (the fused one-pass kernel, extra `fast`) or "
                    "auto (numba for shards of 256 MB and more) [$MPIGD_KERNEL, else auto]")
+    p.add_argument("--progress", choices=PROGRESS,
+                   help="rank 0's progress: a live bar, a plain line every 10%%, or none; auto: "
+                   "lines when the launcher's output is not a terminal, in batch jobs and CI [auto]")
     p.add_argument("--resume", metavar="DIR",
                    help="continue the run in DIR from its checkpoint (data and options come "
                    "from the checkpoint; --iters, --tol and a few others may be changed)")

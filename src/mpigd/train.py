@@ -179,7 +179,8 @@ class _AfterIteration:
         self.rules, self.saver = rules, saver
         config = job.config
         start = job.resume.iteration if job.resume else 0
-        self.progress = Progress(config.iters, enabled=self.root and not config.quiet, start=start)
+        self.progress = Progress(config.iters, enabled=self.root and not config.quiet, start=start,
+                                 style=config.progress)
         self.fault = faults.planned(self.rank)
 
     def __call__(self, t: int, w: np.ndarray) -> None:
