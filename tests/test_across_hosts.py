@@ -20,6 +20,10 @@ from mpigd.cluster import Cluster, down
 from mpigd.studies.hockney import fit_hockney, predict
 from mpigd.synthetic import generate
 
+from conftest import needs_hydra
+
+pytestmark = needs_hydra
+
 TIMEOUT = 300
 DELAY_MS = 5.0
 

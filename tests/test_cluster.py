@@ -17,6 +17,10 @@ import pytest
 from mpigd.cluster import Cluster, down
 from mpigd.cluster.hosts import cluster_netns, processes_of
 
+from conftest import needs_hydra
+
+pytestmark = needs_hydra
+
 TIMEOUT = 120
 
 

@@ -31,6 +31,8 @@ import pytest
 from mpigd.cluster import Cluster, down
 from test_slurm import PACKAGES, SLURM_SCRIPTS, TIMEOUT, _install, _run, _stop, start_munged
 
+from conftest import needs_hydra
+
 NODES = 4
 CLUSTER_PACKAGES = ("iproute2", "iptables", "util-linux", "mount")  # as .ci/run
 
@@ -38,6 +40,7 @@ pytestmark = [
     pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
                        reason="needs root: installs Slurm with apt-get, namespaces, daemons"),
     pytest.mark.skipif(shutil.which("apt-get") is None, reason="needs apt-get for " + " ".join(PACKAGES)),
+    needs_hydra,  # its nodes are the emulated cluster's
 ]
 
 SLURM_CONF = """\
