@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-from . import __version__, checkpoint, clocks, data, faults, rundir, stepsize, synthetic, trace
+from . import __version__, checkpoint, clocks, data, evaluation, faults, rundir, stepsize, synthetic, trace
 from .comm import agreed
 from .config import Mode, TrainConfig
 from .environment import blas_threads, gather_rank_facts, mpi_library, slurm_info
@@ -66,6 +66,7 @@ class Prepared:
     fingerprint: dict
     transform: Transform
     shard: LeastSquaresShard
+    watch: evaluation.Watch | None = None  # held-out rows, test rows, w* (evaluation.py)
 
 
 def run(config: TrainConfig, comm: MPI.Comm = MPI.COMM_WORLD,
@@ -126,12 +127,14 @@ def prepare(job: Job) -> Prepared:
         if job.resume.iteration > config.iters:
             raise MpigdError(f"the checkpoint is at iteration {job.resume.iteration}, past --iters "
                              f"{config.iters}; resume with a larger --iters", collective=True)
-    transform = standardize(comm, X, y, info.rows, config.intercept, config.standardize)
+    train, held = evaluation.split_rows(comm, config, X, y, lo, info.rows, path)
+    transform = standardize(comm, train.X, train.y, train.total, config.intercept, config.standardize)
+    watch = evaluation.Watch.build(comm, config, train, held, transform, job.resume, info.features)
     workers = comm.size - 1 if config.dedicated_server else comm.size
     with agreed(comm, "preparing the gradient kernel"):
         kernel = job_kernel(info.rows, X.shape[1], X.itemsize, workers, config.kernel)
-        shard = LeastSquaresShard(X, y, kernel=kernel)
-    return Prepared(path, info, lo, hi, load_s, fingerprint, transform, shard)
+        shard = LeastSquaresShard(train.X, train.y, kernel=kernel)
+    return Prepared(path, info, lo, hi, load_s, fingerprint, transform, shard, watch)
 
 
 def _default_data(comm) -> str:
@@ -174,7 +177,8 @@ def _load(config, comm, path):
 class _AfterIteration:
     """What rank 0 does between iterations: progress, periodic checkpoints; and faults."""
 
-    def __init__(self, job: Job, rules: StopRules, saver: checkpoint.Saver):
+    def __init__(self, job: Job, rules: StopRules, saver: checkpoint.Saver, watch=None):
+        self.watch = watch
         self.rank, self.root = job.comm.rank, job.comm.rank == 0
         self.rules, self.saver = rules, saver
         config = job.config
@@ -183,6 +187,8 @@ class _AfterIteration:
         self.fault = faults.planned(self.rank)
 
     def __call__(self, t: int, w: np.ndarray) -> None:
+        if self.watch is not None:
+            self.watch(t, w, self.rules)  # collective when it evaluates held-out rows
         if self.root:
             self.progress(t, self.rules)
             if self.saver.due(t) and not self.rules.reason:
@@ -212,7 +218,7 @@ def descend(job: Job, prepared: Prepared, step: StepSize):
     before = clocks.measure(job.comm)
     with np.errstate(over="ignore", invalid="ignore"):
         trajectory = loop(job.comm, prepared.shard, w0, step.lr, rules, straggle_s=job.straggle_s,
-                          stop=job.stop, on_iteration=_AfterIteration(job, rules, saver))
+                          stop=job.stop, on_iteration=_AfterIteration(job, rules, saver, prepared.watch))
     after = clocks.measure(job.comm)
     return saver, trajectory, (clocks.Alignment(before, after) if before is not None else None)
 
@@ -232,6 +238,8 @@ def finish(job: Job, prepared: Prepared, step: StepSize, saver: checkpoint.Saver
                 saver.save(trajectory.rules.last, trajectory.w,
                            *trajectory.rules.history_before(trajectory.rules.last))
         raise _terminated(job, trajectory.rules.last if root else None)
+    trajectory.wall_s -= prepared.watch.seconds  # evaluation is not training: untimed
+    found = prepared.watch.final(trajectory.w, prepared.shard, trajectory.rules.last)
     facts = gather_rank_facts(comm, prepared.lo, prepared.hi, prepared.load_s)
     result = None
     with agreed(comm, "writing the results"):
@@ -240,6 +248,7 @@ def finish(job: Job, prepared: Prepared, step: StepSize, saver: checkpoint.Saver
             result.clocks = {"method": "ping-pong with rank 0 before and after the loop, "
                              f"minimum round trip of {clocks.ROUNDS}; drift interpolated; "
                              "uncertainty = half that round trip", "per_rank": alignment.summary()}
+            evaluation.annotate(result, job.config, prepared, trajectory, found)
             _write_run(job, prepared, result, trajectory, seconds,
                        clocks.aligned_starts(alignment, starts))
     return result
@@ -283,11 +292,14 @@ def _write_run(job, prepared, result, trajectory, seconds, starts):
     """Rank 0: history, weights, trace; result.json last; then the checkpoint is obsolete."""
     run_dir, config = job.run_dir, job.config
     start = job.resume.iteration if job.resume else 0
-    rundir.write_history(os.path.join(run_dir, rundir.HISTORY), *trajectory.rules.history(),
-                         seconds, PHASES, start)
+    loss, grad_norm = trajectory.rules.history()
+    rundir.write_history(os.path.join(run_dir, rundir.HISTORY), loss, grad_norm, seconds, PHASES,
+                         start, extra=prepared.watch.history_columns(len(loss)))
     w, intercept = prepared.transform.original_weights(trajectory.w)
     rundir.write_weights(os.path.join(run_dir, rundir.WEIGHTS), w,
-                         intercept if config.intercept else None, result.config)
+                         intercept if config.intercept else None, result.config,
+                         names=[row["name"] for row in result.weights[: len(w)]],
+                         encoding=prepared.watch.encoding)
     if config.trace:
         trace.write(os.path.join(run_dir, rundir.TRACE), seconds, starts, start,
                     result.clocks["per_rank"])
