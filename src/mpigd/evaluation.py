@@ -30,7 +30,7 @@ def split_rows(comm, config, X, y, lo: int, rows_total: int, path: str) -> "tupl
     return train, sets
 
 
-def _to_training_units(rows: Rows, transform) -> None:
+def to_training_units(rows: Rows, transform) -> None:
     """The preprocessing of the training rows (standardize.prepare), applied to other rows."""
     rows.X -= transform.mean.astype(rows.X.dtype)
     rows.X /= transform.scale.astype(rows.X.dtype)
@@ -56,7 +56,7 @@ class Watch:
         from . import reference
 
         for rows in sets.values():
-            _to_training_units(rows, transform)
+            to_training_units(rows, transform)
         ref = None
         if config.reference == "exact":
             normal = reference.normal_equations(comm, train.X, train.y)

@@ -48,7 +48,8 @@ def named(names: "list[str]", w: np.ndarray, intercept: "float | None") -> "list
     return rows
 
 
-def largest(weights: "list[dict]", scale: "list[float] | None", count: int = 5) -> "list[str]":
+def largest(weights: "list[dict]", scale: "list[float] | None", count: int = 5,
+            where: str = "all in result.json") -> "list[str]":
     """Console lines for the `count` largest weights; with --standardize ranked by |w_j| s_j.
 
     In original units a weight's size depends on its feature's unit; times the feature's
@@ -59,7 +60,7 @@ def largest(weights: "list[dict]", scale: "list[float] | None", count: int = 5) 
     order = sorted(range(len(features)), key=lambda j: -size[j])[:count]
     width = max([len(features[j]["name"]) for j in order] + [len(INTERCEPT)])
     how = "|w| x std of the feature" if scale else "|w|"
-    lines = [f"largest weights (original units, ranked by {how}; all in result.json):"]
+    lines = [f"largest weights (original units, ranked by {how}; {where}):"]
     lines += [f"  {features[j]['name']:<{width}} {features[j]['weight']:>+14.6g}" for j in order]
     lines += [f"  {r['name']:<{width}} {r['weight']:>+14.6g}" for r in weights if r["name"] == INTERCEPT]
     return lines

@@ -88,7 +88,7 @@ def _train_parser(sub):
 
 
 def _evaluation_arguments(p):
-    """Held-out rows, a test file and the exact answer (issue 13): train's options, and solve's."""
+    """Held-out rows, a test file and the exact answer (issue 13), for train."""
     p.add_argument("--holdout", metavar="FRACTION",
                    help="keep this fraction of rows out of training and report the fit on them; "
                    "row i is held out by a hash of i and --holdout-seed, whatever the rank count [0]")
@@ -116,6 +116,8 @@ def _predict_parser(sub):
                    help="rows to predict: HDF5 with X (as trained), or a CSV/Parquet table")
     p.add_argument("--out", required=True, metavar="PREDS.csv", help="the CSV to write (row,prediction[,target])")
     p.add_argument("--delimiter", metavar="CHAR", help="CSV field separator [auto]")
+    p.add_argument("--block-mb", type=float, default=1.0, metavar="MB",
+                   help="MiB of CSV per block; blocks are shared out to the ranks [1]")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
     return p
