@@ -249,7 +249,7 @@ def _validate_evaluation(config: TrainConfig) -> None:
     fraction = _number(config.holdout, "--holdout", hint=" (a fraction like 0.2)")
     if not 0 <= fraction < 1:
         raise MpigdError(f"--holdout must be a fraction in [0, 1) of the rows to keep out of "
-                         f"training, e.g. 0.2; got {config.holdout!r}")
+                         f"training, e.g. 0.2; got {config.holdout}")
     config.holdout = fraction
     config.holdout_seed = _number(config.holdout_seed, "--holdout-seed", int)
     if config.holdout_seed < 0:
