@@ -61,7 +61,7 @@ def summary(result: Result) -> str:
         share = 100 * stats.mean_s / wall if wall > 0 else 0.0
         lines.append(f"  {name:<9} {stats.mean_s:>10.4f} {stats.max_s:>10.4f} {share:>6.1f}%")
     lines.append(f"  imbalance (max/mean compute): {r.imbalance:.3f}")
-    lines += [f"  {line}" for line in _fit(r)]
+    lines += [f"  {line}" if line else "" for line in _fit(r)]
     lines += [f"  {line}" for line in _not_converged(r)]
     if r.placement:
         lines += [f"  note: {line}" for line in notes(r.placement, r.ranks)]

@@ -5,9 +5,11 @@ The trainer calls three things, in order:
                 (--test-data) rows of this rank;
   `Watch.build` after preprocessing: those rows in training units, and w* (--reference exact);
   `Watch`       after every iteration: every --eval-every K iterations one Bcast of w and one
-                Reduce of the metric sums of the held-out sets; with w* rank 0 also records
-                the distance to it. Its time is kept out of the phases and out of wall_s
-                (`seconds`), so a run with evaluation times its iterations like one without;
+                Reduce of the metric sums of the held-out sets; with w* rank 0 also keeps a
+                copy of w_t (reference.py measures the distances after the loop). Its time is
+                kept out of the phases and out of wall_s (`seconds`); the other ranks wait for
+                rank 0's evaluation in their next Bcast, so with --eval-every the bcast phase of
+                those iterations includes it (K large keeps that small);
   `Watch.final` at the end: RMSE, MAE, R² of training, held-out and test rows, one Reduce.
 """
 
@@ -99,6 +101,8 @@ class Watch:
     def final(self, w: np.ndarray, train: Rows, last: int) -> "dict | None":
         """Collective: {"train": ..., "holdout": ..., "test": ...} metrics on rank 0 (None elsewhere)."""
         started = time.perf_counter()
+        if self.reference is not None:
+            self.reference.measure_kept()
         total = self._reduce(w, with_train=train)
         if not self.root:
             return None
