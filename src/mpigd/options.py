@@ -102,6 +102,9 @@ def _generate_parser(sub):
                    help="stored type of X and y [float64]")
     p.add_argument("--compression", choices=("gzip", "lzf"), default=None,
                    help="store X and y chunked and compressed (default: contiguous)")
+    p.add_argument("--condition", type=float, default=None, metavar="K",
+                   help="make cond(X^T X) about K (>= 1) by mixing the features with a fixed "
+                   "Q diag(s) Q^T; default: i.i.d. features (cond near 1)")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", metavar="FILE.h5", help="the file to write (appears atomically)")
     where.add_argument("--out-dir", metavar="DIR",
