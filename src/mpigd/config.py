@@ -47,7 +47,7 @@ class TrainConfig:
     data: str | None = None          # HDF5 input; None = the embedded synthetic default
     x_dataset: str = "X"
     y_dataset: str = "y"
-    iters: int = 200                 # maximum number of updates
+    iters: int = 1000                # maximum number of updates
     lr: float | Literal["auto"] = "auto"  # step size, or "auto" = 1 / lambda_max(X^T X)
     tol: float = 1e-6                # stop when ||g_t|| <= tol * ||g_0||; 0 = never
     out: str | None = None           # run directory; None = runs/<timestamp>

@@ -52,7 +52,7 @@ def _train_parser(sub):
     p.add_argument("--data", metavar="FILE.h5", help="input HDF5 file (default: generate a synthetic one)")
     p.add_argument("--x-dataset", metavar="NAME", help="name of the (n, d) features dataset [X]")
     p.add_argument("--y-dataset", metavar="NAME", help="name of the (n,) or (n, 1) targets dataset [y]")
-    p.add_argument("--iters", metavar="K", help="maximum number of updates [200]")
+    p.add_argument("--iters", metavar="K", help="maximum number of updates [1000]")
     p.add_argument("--lr", metavar="auto|FLOAT",
                    help="step size; auto = 1/lambda_max(X^T X) by power iteration [auto]")
     p.add_argument("--tol", metavar="T", help="stop when ||g_t|| <= T ||g_0||; 0 never stops early [1e-6]")
@@ -158,6 +158,9 @@ def _generate_parser(sub):
                    help="stored type of X and y [float64]")
     p.add_argument("--compression", choices=("gzip", "lzf"), default=None,
                    help="store X and y chunked and compressed (default: contiguous)")
+    p.add_argument("--condition", type=float, default=None, metavar="K",
+                   help="make cond(X^T X) about K (>= 1) by mixing the features with a fixed "
+                   "Q diag(s) Q^T; default: i.i.d. features (cond near 1)")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", metavar="FILE.h5", help="the file to write (appears atomically)")
     where.add_argument("--out-dir", metavar="DIR",
