@@ -320,6 +320,7 @@ def test_resume_holds_out_the_same_rows(trained, tmp_path):
     resumed = mpirun(2, "--resume", str(tmp_path / "a"), "--quiet")
     whole = mpirun(2, *args, out=str(tmp_path / "b"))
     assert resumed.returncode == 0 and whole.returncode == 0, (resumed, whole)
+    assert "holdout R² 0.47" in whole.stdout  # --quiet's one line names the held-out fit
     with h5py.File(tmp_path / "a" / "weights.h5") as a, h5py.File(tmp_path / "b" / "weights.h5") as b:
         assert np.array_equal(a["w"][()], b["w"][()])
     histories = []
