@@ -83,6 +83,15 @@ def _train_parser(sub):
     p.add_argument("--resume", metavar="DIR",
                    help="continue the run in DIR from its checkpoint (data and options come "
                    "from the checkpoint; --iters, --tol and a few others may be changed)")
+    # methods (issue 14)
+    p.add_argument("--method", choices=("gd", "momentum", "cg", "sgd"),
+                   help="gd: the lecture's gradient descent; momentum: Nesterov; cg: conjugate "
+                   "gradient on the normal equations; sgd: mini-batch SGD [gd]")
+    p.add_argument("--batch-size", metavar="B", help="sgd: rows per step, in total over all ranks [all]")
+    p.add_argument("--epochs", metavar="E", help="sgd: passes over the data [--iters steps]")
+    p.add_argument("--lr-decay", metavar="D", help="sgd: lr / (1 + D * epochs done) [0 = constant]")
+    p.add_argument("--full-loss-every", metavar="K",
+                   help="sgd: steps between full-data loss passes (counted apart) [one epoch]")
     return p
 
 

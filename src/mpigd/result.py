@@ -119,6 +119,7 @@ class Result:
     clocks: dict | None = None   # offsets of every rank's clock to rank 0's (clocks.py)
     placement: dict | None = None  # hosts, ranks per host, oversubscription (placement.py)
     more_iterations_estimate: int | None = None  # not converged: to reach --tol at the recent rate
+    communication: dict | None = None  # rounds, bytes per rank, to tolerance (methods.rounds)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
