@@ -99,6 +99,8 @@ _STRING |= {"method"}
 
 
 def _validate_method(config: "TrainConfig") -> None:
+    # --seed also draws sgd's batches; from the command line it arrived as text (a crash before)
+    config.seed = _number(config.seed, "--seed", int)
     if config.method not in METHODS:
         raise MpigdError(f"--method must be one of {', '.join(METHODS)}, got {config.method!r}")
     for name in ("batch_size", "epochs", "full_loss_every"):

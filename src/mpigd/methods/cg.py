@@ -13,10 +13,11 @@ StopRules sees, per iteration, the recurrences' loss and |s| at w_t.
 Restart / re-orthogonalization policy: none of the O(d^2) kind. The recurrences drift
 from the true gradient by rounding (float32 shards: q carries ~1e-6 relative error, so
 conjugacy is lost within tens of steps), so the true gradient is recomputed (a GRADIENT
-round, restarting from steepest descent) every RESTART_FLOAT64(d) = d steps for float64
-(the Krylov space is exhausted then in exact arithmetic) and RESTART_FLOAT32 = min(d, 20)
-for float32, and whenever the recurrence says |s| <= tol |g0|: convergence is only
-declared on a true gradient.
+round, restarting from steepest descent) every 4 d steps for float64 (the Krylov space is
+exhausted after d in exact arithmetic; restarting at d threw away the progress: 131 rounds
+instead of 27 at d = 16, cond 1e4, tol 1e-8) and every min(d, 20) steps for float32, and
+whenever the recurrence says |s| <= tol |g0|: convergence is only declared on a true
+gradient.
 """
 
 import math
@@ -25,10 +26,11 @@ import numpy as np
 
 GRADIENT, DIRECTION = 0, 1
 RESTART_FLOAT32 = 20
+RESTART_FLOAT64 = 4  # times d
 
 
 def restart_every(d: int, dtype) -> int:
-    return max(1, min(d, RESTART_FLOAT32) if np.dtype(dtype) == np.float32 else d)
+    return max(1, min(d, RESTART_FLOAT32) if np.dtype(dtype) == np.float32 else RESTART_FLOAT64 * d)
 
 
 class ConjugateGradient:
