@@ -13,7 +13,8 @@ from .cluster import cli as cluster_cli
 from .config import KERNELS
 from .errors import MpigdError, launcher_rank
 
-COMMANDS = ("train", "generate", "import", "cluster", "scale", "scale-report", "bench-comm", "plot", "bench")
+COMMANDS = ("train", "generate", "import", "cluster", "scale", "scale-report", "bench-comm", "plot", "bench",
+            "compare")
 
 
 def comma_list(text: str, cast, option: str, example: str) -> list:
@@ -316,7 +317,36 @@ def build_parser() -> argparse.ArgumentParser:
     _bench_comm_parser(sub)
     _plot_parser(sub)
     _bench_parser(sub)
+    _compare_parser(sub)
     return parser
+
+
+def _compare_parser(sub):
+    p = sub.add_parser(
+        "compare", help="gd, momentum, cg, sgd on the same data and ranks: rounds, bytes, time, error",
+        description="Run each --methods on the same data and rank count (real mpirun runs in "
+        "OUT/METHOD) and print iterations, rounds of communication, bytes per rank, wall time "
+        "to --tol and the final |w - w*|/|w*|. Without --data: a generated problem with "
+        "cond(X^T X) ~ --condition.")
+    p.add_argument("--methods", default="gd,momentum,cg", metavar="LIST", help="[gd,momentum,cg]")
+    p.add_argument("--data", metavar="FILE.h5", help="data to compare on [generated]")
+    p.add_argument("-n", "--ranks", type=int, default=2, metavar="RANKS", help="ranks per run [2]")
+    p.add_argument("--rows", type=int, default=100_000, metavar="N", help="generated rows [100000]")
+    p.add_argument("--features", type=int, default=32, metavar="D", help="generated features [32]")
+    p.add_argument("--condition", type=float, default=1e4, metavar="K", help="generated cond(X^T X) [1e4]")
+    p.add_argument("--noise", type=float, default=0.0, metavar="SIGMA",
+                   help="generated noise; 0 makes w* = w_true [0]")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="generated data's seed [0]")
+    p.add_argument("--tol", type=float, default=1e-8, metavar="T", help="--tol of every run [1e-8]")
+    p.add_argument("--iters", type=int, default=5000, metavar="K", help="--iters of every run [5000]")
+    p.add_argument("--mode", choices=("server", "allreduce"), default="server", help="[server]")
+    p.add_argument("--train-args", default="", metavar='"ARGS"', help="more trainer options for every run")
+    p.add_argument("--sgd-args", default="--batch-size 10000 --epochs 20", metavar='"ARGS"',
+                   help='trainer options of the sgd run ["--batch-size 10000 --epochs 20"]')
+    p.add_argument("--out", metavar="DIR", help="comparison directory [runs/compare-<timestamp>]")
+    p.add_argument("--timeout", type=float, default=1800.0, metavar="SECONDS", help="limit per run [1800]")
+    p.add_argument("--plots", action="store_true", help="also write compare.png (needs matplotlib)")
+    return p
 
 
 def parse_train_args(argv: list[str]) -> dict:
