@@ -1,9 +1,11 @@
 """--method momentum|cg|sgd (issue 14): real mpirun runs on a generated problem of known cond."""
 
+import json
 import math
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import h5py
@@ -143,3 +145,19 @@ def test_sgd_options_need_sgd(conditioned, tmp_path):
     run = mpirun(1, "--data", conditioned[0], "--method", "cg", "--batch-size", "10",
                  out=str(tmp_path / "bad"))
     assert run.returncode == 2 and "only apply to --method sgd" in run.stderr
+
+
+def test_compare_prints_the_table_and_draws_the_plot(tmp_path):
+    out = tmp_path / "cmp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mpigd", "compare", "--methods", "gd,momentum,cg", "-n", "2",
+         "--rows", "3000", "--features", "6", "--condition", "1e3", "--iters", "400",
+         "--out", str(out), "--plots"], capture_output=True, text=True, timeout=300,
+        stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert "w* = w_true (generated without noise)" in proc.stdout
+    rows = {r["method"]: r for r in json.load(open(out / "compare.json"))["methods"]}
+    assert rows["cg"]["stop"] == "converged" and rows["cg"]["error"] < 1e-6
+    assert rows["gd"]["stop"] == "max_iters"  # cond 1e3 needs ~2e4 gd steps to 1e-8
+    assert rows["cg"]["rounds"] < rows["momentum"]["rounds"] < rows["gd"]["rounds"]
+    assert (out / "compare.png").stat().st_size > 10_000
