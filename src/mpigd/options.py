@@ -223,6 +223,9 @@ def _scale_parser(sub):
                    help="the rank that sleeps in the straggler study [last]")
     p.add_argument("--train-args", default="", metavar='"ARGS"',
                    help='more trainer options for every run, e.g. --train-args="--dtype float32"')
+    p.add_argument("--batch-sizes", metavar="B,...",
+                   help="one sweep of --method sgd per batch size, e.g. 1000,10000,100000, and "
+                   "a table of speedup against batch size (OUT/batch-B, OUT/batch_sizes.json)")
     p.add_argument("--comm-model", default="auto", metavar="auto|none|FILE",
                    help="auto: run bench-comm per rank count into OUT/comm_model.json; "
                    "or an existing comm_model.json; none: no prediction [auto]")
