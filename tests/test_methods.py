@@ -161,3 +161,23 @@ def test_compare_prints_the_table_and_draws_the_plot(tmp_path):
     assert rows["gd"]["stop"] == "max_iters"  # cond 1e3 needs ~2e4 gd steps to 1e-8
     assert rows["cg"]["rounds"] < rows["momentum"]["rounds"] < rows["gd"]["rounds"]
     assert (out / "compare.png").stat().st_size > 10_000
+
+
+def test_cg_in_float32_restarts_on_the_true_gradient(conditioned, tmp_path):
+    path, _, _, w_star = conditioned
+    run = _run(2, path, tmp_path, "f32", "--method", "cg", "--dtype", "float32", "--tol", "1e-4",
+               "--iters", "400", "--quiet")
+    facts = run.result["communication"]
+    assert run.result["converged"] and facts["restart_every"] == FEATURES  # min(d, 20)
+    assert facts["true_gradient_rounds"] >= 2  # the first one, and the one that confirmed
+    assert _error(run.weights[0], w_star) < 1e-3
+
+
+@pytest.mark.parametrize("method", ["momentum", "cg", "sgd"])
+def test_a_dedicated_server_agrees(conditioned, tmp_path, method):
+    path = conditioned[0]
+    args = ("--method", method, "--iters", "30", "--tol", "0", "--quiet") + (
+        ("--batch-size", "300", "--epochs", "2") if method == "sgd" else ())
+    shared = _run(2, path, tmp_path, "shared", *args)
+    dedicated = _run(3, path, tmp_path, "dedicated", *args, "--dedicated-server")
+    assert _error(dedicated.weights[0], shared.weights[0]) < 1e-10
