@@ -230,7 +230,9 @@ def descend(job: Job, prepared: Prepared, step: StepSize):
         method, setup = methods.build(config, job.comm, prepared.shard, step, prepared.info.features,
                                       prepared.info.rows, prepared.lo, prepared.hi, resume)
         saver.method_state = lambda: methods.state_of(method)
-        loop = lambda *a, **k: method_loop.run(a[0], a[1], method, a[4], config.mode, **k)  # noqa: E731
+
+        def loop(comm, shard, w0, lr, rules, **hooks):  # w0 and lr live in the method's state
+            return method_loop.run(comm, shard, method, rules, config.mode, **hooks)
     # Overflow is detected (rules.decide checks loss and |g| every iteration) and reported
     # as divergence: numpy's own warnings would only add noise to that one message.
     before = clocks.measure(job.comm)
