@@ -19,8 +19,6 @@ from mpigd.cluster.hosts import cluster_netns, processes_of
 
 from conftest import needs_hydra
 
-pytestmark = needs_hydra
-
 TIMEOUT = 120
 
 
@@ -79,6 +77,7 @@ def test_up_status_down_leaves_nothing(cluster_env):
     assert again.returncode == 0 and "nothing to remove" in again.stdout
 
 
+@needs_hydra
 def test_trainer_across_two_hosts_crosses_the_link(cluster_env, problem, tmp_path):
     name, root = cluster_env
     _, _, data = problem
@@ -100,6 +99,7 @@ def _pingpong(c, repeat=40):
     return json.loads(job.stdout.strip().splitlines()[-1])["pingpong"][0]["median_ms"]
 
 
+@needs_hydra
 def test_delay_shows_in_ping_and_mpi_pingpong(cluster_env):
     name, root = cluster_env
     with Cluster.up(name, hosts=2, delay_ms=4, root=root) as c:
@@ -134,6 +134,7 @@ def test_partition_stops_traffic_and_heal_restores_it(cluster_env):
         assert all(c.ping("node0", c.host("node1").address, count=3))
 
 
+@needs_hydra
 def test_clock_offsets_differ_across_hosts(cluster_env):
     name, root = cluster_env
     with Cluster.up(name, hosts=2, clock_offsets="0,1.5", root=root) as c:
@@ -168,6 +169,7 @@ def test_dirty_state_is_repaired_by_up_and_removed_by_down(cluster_env):
     assert cluster_netns(name) == [] and processes_of(name, os.path.join(root, name)) == []
 
 
+@needs_hydra
 def test_run_exit_code_and_timeout(cluster_env):
     name, root = cluster_env
     with Cluster.up(name, hosts=2, root=root):
