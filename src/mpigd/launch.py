@@ -87,6 +87,8 @@ def launcher_family(path: str) -> str | None:
         return None
     said = (proc.stdout + proc.stderr).upper()
     library = mpi4py_library()
+    if "CRAY" in library.upper():  # Cray MPICH is started by srun/aprun wrappers: not judged
+        return None
     for family, words in _FAMILIES:
         if family.upper() in library.upper():
             return family if any(w.upper() in said for w in words) else "another MPI"
