@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from . import rundir
+from . import faults, rundir
 from .errors import MpigdError
 
 PARTS_ATTRIBUTE = "parts"  # the joined file's attribute naming its parts directory
@@ -91,6 +91,9 @@ def write(comm, path: str, data: Rows, split: list[tuple[int, int]], mpio: bool)
             if hi > lo:
                 part = os.path.join(parts_dir, f"part-{comm.rank:05d}.h5")
                 _write_part(part, data, lo, hi)
+            fault = faults.planned(comm.rank)  # MPIGD_INJECT_FAULT=RANK:generate (tests)
+            if fault and fault[0] == "generate":
+                faults.fail("generate, after its part file", comm.rank)
         with agreed(comm, f"joining the parts in {path}"):
             if comm.rank == 0:
                 _fsync(parts_dir)

@@ -89,11 +89,12 @@ def rows_between(rows: int, features: int, seed: int, lo: int, hi: int, noise: f
     w_true = true_weights(features, seed)
     X = np.empty((hi - lo, features), dtype=dtype)
     y = np.empty(hi - lo, dtype=dtype)
-    for index, first, end in blocks(rows, features, lo, hi):
-        bx, by = block(seed, index, end - first, w_true, noise)
-        a, b = max(lo, first), min(hi, end)
-        X[a - lo : b - lo] = bx[a - first : b - first]
-        y[a - lo : b - lo] = by[a - first : b - first]
+    with _one_blas_thread():  # as `generate` computes X @ w_true
+        for index, first, end in blocks(rows, features, lo, hi):
+            bx, by = block(seed, index, end - first, w_true, noise)
+            a, b = max(lo, first), min(hi, end)
+            X[a - lo : b - lo] = bx[a - first : b - first]
+            y[a - lo : b - lo] = by[a - first : b - first]
     return X, y
 
 
@@ -209,6 +210,15 @@ def matches(path: str, rows: int, features: int, seed: int, noise: float, dtype:
         return False
 
 
+def _one_blas_thread():
+    """BLAS limited to one thread: generation is the RNG's work, X @ w_true per block a small
+    part of it, and two ranks' OpenBLAS threads spinning on two cores made `-n 2` no faster
+    than `-n 1` (measured: 1.06x; one thread each: 1.7x)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def command(args) -> int:
     """`python -m mpigd generate`: --out FILE, or --out-dir DIR (prints the file's path).
 
@@ -226,12 +236,14 @@ def command(args) -> int:
             raise MpigdError("--out-dir names files by rows, features and seed alone; use --out "
                              "FILE.h5 for another --noise, --dtype or --compression",
                              collective=comm is not None)
-        path, _ = ensure(args.out_dir, args.rows, args.features, args.seed, comm=comm)
+        with _one_blas_thread():
+            path, _ = ensure(args.out_dir, args.rows, args.features, args.seed, comm=comm)
         if _speaks(comm):  # for scripts: `file=$(python -m mpigd generate ... --out-dir D)`
             print(path, flush=True)
         return 0
-    seconds = write(args.out, args.rows, args.features, args.seed, args.noise, args.dtype,
-                    args.compression, comm=comm)
+    with _one_blas_thread():
+        seconds = write(args.out, args.rows, args.features, args.seed, args.noise, args.dtype,
+                        args.compression, comm=comm)
     if _speaks(comm):
         size_gb = args.rows * args.features * np.dtype(args.dtype).itemsize / 1e9
         ranks = f" by {comm.size} ranks" if comm is not None and comm.size > 1 else ""

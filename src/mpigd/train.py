@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-from . import __version__, checkpoint, clocks, data, faults, rundir, stepsize, synthetic, trace
+from . import (__version__, checkpoint, clocks, data, faults, generate_parallel, rundir, stepsize,
+               synthetic, trace)
 from .comm import agreed
 from .config import Mode, TrainConfig
 from .environment import blas_threads, gather_rank_facts, mpi_library, slurm_info
@@ -156,6 +157,7 @@ def _load(config, comm, path):
     with agreed(comm, f"reading {path}"), data.readable(path):
         with data.open_input(path) as h5file:
             info = data.inspect(h5file, config.x_dataset, config.y_dataset)
+            generate_parallel.require_parts(h5file)  # a joined file moved without its parts
             if info.rows < workers:
                 most = info.rows + (size - workers)
                 raise MpigdError(f"{info.rows} rows cannot be shared by {workers} workers; "
