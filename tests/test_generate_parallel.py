@@ -109,3 +109,60 @@ def test_a_joined_file_without_its_parts_is_refused_with_the_reason(tmp_path):
     run = mpirun(2, "--data", moved / "joined.h5", "--iters", 2, "--quiet", out=str(tmp_path / "r"))
     assert run.returncode == 2 and "copy or move the file together with" in run.stderr, run
     assert run.stderr.count("mpigd: error") == 1
+
+
+# --- in-place data: --data synthetic:ROWSxFEATURES[:SEED] --------------------------------
+
+@pytest.mark.parametrize("ranks", [1, 2, 3, 7])
+def test_rows_generated_in_memory_are_the_files_rows(serial, ranks):
+    from mpigd.data import block_range
+
+    reference = serial[0]
+    for rank in range(ranks):
+        lo, hi = block_range(ROWS, ranks, rank)  # the trainer's partition: not block-aligned
+        X, y = synthetic.rows_between(ROWS, FEATURES, 5, lo, hi, dtype="float32")
+        assert X.tobytes() == reference["X"][lo:hi].tobytes()
+        assert y.tobytes() == reference["y"][lo:hi].tobytes()
+
+
+@pytest.fixture(scope="module")
+def small_file(tmp_path_factory):
+    out = tmp_path_factory.mktemp("small") / "small.h5"
+    assert python_m("generate", "--rows", 1003, "--features", 6, "--seed", 4, "--out",
+                    out).returncode == 0
+    return str(out)
+
+
+FIXED = ("--iters", 30, "--tol", 0, "--lr", 2e-4, "--quiet")
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3])
+def test_in_place_data_train_as_the_file_does(small_file, tmp_path, ranks):
+    from_file = mpirun(ranks, "--data", small_file, *FIXED, out=str(tmp_path / "file"))
+    in_place = mpirun(ranks, "--data", "synthetic:1003x6:4", *FIXED, out=str(tmp_path / "mem"))
+    assert from_file.returncode == 0 and in_place.returncode == 0, (from_file, in_place)
+    assert in_place.weights[0].tobytes() == from_file.weights[0].tobytes()
+    assert in_place.result["data"]["path"] == "synthetic:1003x6:4"
+    assert in_place.result["config"]["data"] == "synthetic:1003x6:4"
+    assert in_place.result["final_loss"] == from_file.result["final_loss"]
+
+
+def test_in_place_data_resume_bitwise(tmp_path):
+    reference = mpirun(3, "--data", "synthetic:1003x6:4", *FIXED, out=str(tmp_path / "reference"))
+    out = str(tmp_path / "crashed")
+    crashed = mpirun(3, "--data", "synthetic:1003x6:4", *FIXED, "--checkpoint-every", 5, out=out,
+                     env={"MPIGD_INJECT_FAULT": "2:loop:12"})
+    assert reference.returncode == 0 and crashed.returncode != 0, (reference, crashed)
+    resumed = mpirun(3, "--resume", out)
+    resumed.out = out
+    assert resumed.returncode == 0, resumed
+    assert resumed.result["resumed_from"] == 10
+    assert resumed.weights[0].tobytes() == reference.weights[0].tobytes()
+
+
+@pytest.mark.parametrize("spec", ["synthetic:10x", "synthetic:0x5", "synthetic:10x5:-1",
+                                  "synthetic:axb"])
+def test_a_bad_in_place_spec_is_one_clear_message(tmp_path, spec):
+    run = mpirun(2, "--data", spec, "--iters", 2, "--quiet", out=str(tmp_path / "r"))
+    assert run.returncode == 2 and run.stderr.count("mpigd: error") == 1, run
+    assert "synthetic:ROWSxFEATURES[:SEED]" in run.stderr

@@ -31,6 +31,27 @@ def file_name(rows: int, features: int, seed: int) -> str:
     return f"synthetic-{rows}x{features}-seed{seed}.h5"
 
 
+SOURCE_PREFIX = "synthetic:"
+
+
+def parse_source(text: str | None) -> tuple[int, int, int] | None:
+    """`--data synthetic:ROWSxFEATURES[:SEED]` -> (rows, features, seed); None for a file name.
+
+    Such data are generated in memory by every rank, only its own rows (`rows_between`),
+    bitwise the rows `generate --rows ROWS --features FEATURES --seed SEED` writes.
+    """
+    if not text or not str(text).startswith(SOURCE_PREFIX):
+        return None
+    shape, _, seed = str(text)[len(SOURCE_PREFIX):].partition(":")
+    rows, _, features = shape.lower().partition("x")
+    if not (rows.isdigit() and features.isdigit() and (seed.isdigit() or not seed)) \
+            or int(rows) < 1 or int(features) < 1:
+        raise MpigdError(f"--data {text}: in-place data are written synthetic:ROWSxFEATURES[:SEED], "
+                         "e.g. synthetic:1000000x100 or synthetic:1000000x100:7 (rows and "
+                         "features >= 1, seed >= 0)")
+    return int(rows), int(features), int(seed or 0)
+
+
 def ensure(directory: str, rows: int, features: int, seed: int = 0,
            comm=None) -> tuple[str, bool]:
     """(path, generated): the float64 data set of these arguments in `directory`, made if absent.

@@ -149,8 +149,26 @@ def _default_data(comm) -> str:
     return path
 
 
+def _generate_in_place(config, comm, path):
+    """Collective: `--data synthetic:RxD[:S]`: every rank generates its own rows, no file."""
+    workers = comm.size - 1 if config.dedicated_server else comm.size
+    with agreed(comm, f"generating {path}"):
+        rows, features, seed = synthetic.parse_source(path)
+        if rows < workers:
+            raise MpigdError(f"{path}: {rows} rows cannot be shared by {workers} workers; "
+                             "start fewer ranks or ask for more rows")
+        dtype = data.compute_dtype("float64", config.dtype)  # as the file would store them
+        lo, hi = data.shard_rows(rows, comm.size, comm.rank, config.dedicated_server)
+        X, y = synthetic.rows_between(rows, features, seed, lo, hi, dtype=dtype.name)
+    info = data.DatasetInfo(path=path, x_name="X", y_name="y", rows=rows, features=features,
+                            x_dtype="float64", y_dtype="float64", y_shape=(rows,))
+    return info, X, y, lo, hi
+
+
 def _load(config, comm, path):
     """Collective: every rank opens the file, validates it, reads only its own rows."""
+    if path.startswith(synthetic.SOURCE_PREFIX):
+        return _generate_in_place(config, comm, path)
     rank, size = comm.rank, comm.size
     workers = size - 1 if config.dedicated_server else size
     fault = faults.planned(rank)
@@ -317,7 +335,8 @@ def _result(job, prepared, step, saver, trajectory, seconds, facts) -> Result:
         version=__version__, config=config.to_dict(), mode=config.mode.value, ranks=len(facts),
         workers=len(facts) - 1 if config.dedicated_server else len(facts),
         rows=info.rows, features=info.features, dtype=prepared.shard.X.dtype.name,
-        data=DataSource(path=os.path.abspath(prepared.path), x_dataset=info.x_name,
+        data=DataSource(path=prepared.path if prepared.path.startswith(synthetic.SOURCE_PREFIX)
+                        else os.path.abspath(prepared.path), x_dataset=info.x_name,
                         y_dataset=info.y_name, x_dtype=info.x_dtype, y_dtype=info.y_dtype),
         run_dir=os.path.abspath(job.run_dir), iterations=rules.updates, evaluations=evaluations,
         stop_reason=trajectory.outcome.reason, final_loss=float(loss[-1]),
