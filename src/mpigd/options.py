@@ -13,7 +13,7 @@ from .cluster import cli as cluster_cli
 from .config import KERNELS
 from .errors import MpigdError, launcher_rank
 
-COMMANDS = ("train", "generate", "import", "cluster", "scale", "scale-report", "bench-comm", "plot", "bench")
+COMMANDS = ("train", "generate", "import", "cluster", "scale", "scale-report", "bench-comm", "plot", "bench", "project")
 
 
 def comma_list(text: str, cast, option: str, example: str) -> list:
@@ -288,6 +288,29 @@ def _bench_parser(sub):
     return p
 
 
+def _project_parser(sub):
+    p = sub.add_parser(
+        "project", help="predict time/iteration, speedup, efficiency at rank counts past the machine",
+        description="From a measured baseline (a run directory, or a sweep directory: its runs at "
+        "the smallest rank count) and a network (comm_model.json, or --latency and --bandwidth), "
+        "predict seconds per iteration, speedup and efficiency for strong and weak scaling with "
+        "their terms: compute / m, the serial update, alpha*hops + beta*bytes*hops per iteration, "
+        "and the wait for the slowest of m ranks (the expected maximum of m draws of the measured "
+        "per-rank per-iteration compute times). Names the rank count where the speedup peaks.",
+    )
+    p.add_argument("baseline", metavar="DIR", help="a run directory (result.json) or a sweep directory")
+    p.add_argument("--comm-model", metavar="FILE.json",
+                   help="fitted comm_model.json [DIR/comm_model.json]")
+    p.add_argument("--latency", metavar="TIME", help="per message step, e.g. 1.5us or 50us")
+    p.add_argument("--bandwidth", metavar="RATE", help="per link, e.g. 12GB/s or 1.2GB/s")
+    p.add_argument("--ranks", metavar="LIST", help="rank counts [1,2,4,...,4096]")
+    p.add_argument("--kind", choices=("strong", "weak", "both"), default="both",
+                   help="which scaling to project [both]")
+    p.add_argument("--out", metavar="DIR", help="projection.json/.txt (and .png) go here [RUN/projection]")
+    p.add_argument("--plots", action="store_true", help="also write projection.png (needs matplotlib)")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mpigd", description="Data-parallel gradient descent on MPI, instrumented.",
@@ -304,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     _bench_comm_parser(sub)
     _plot_parser(sub)
     _bench_parser(sub)
+    _project_parser(sub)
     return parser
 
 
