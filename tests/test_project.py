@@ -47,6 +47,16 @@ def test_terms_follow_the_stated_model():
     assert weak[1024]["efficiency"] == pytest.approx(weak[1]["t_iter_s"] / weak[1024]["t_iter_s"])
 
 
+def test_relative_noise_shrinks_with_the_compute_absolute_does_not():
+    base = _baseline(compute=0.01, sd=1e-3)
+    net = Network(alpha_s=1e-6, beta_s_per_byte=1e-10)
+    relative = project(base, net, [64], "strong")[0]["sync_s"]
+    base.noise = "absolute"
+    absolute = project(base, net, [64], "strong")[0]["sync_s"]
+    assert relative == pytest.approx(absolute / 64)
+    assert project(base, net, [64], "weak")[0]["sync_s"] == pytest.approx(absolute)
+
+
 def test_a_slower_network_peaks_earlier_and_says_why():
     base = _baseline(compute=0.01, sd=2e-5)
     ranks = [2**k for k in range(13)]

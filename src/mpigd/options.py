@@ -307,6 +307,10 @@ def _project_parser(sub):
     p.add_argument("--kind", choices=("strong", "weak", "both"), default="both",
                    help="which scaling to project [both]")
     p.add_argument("--out", metavar="DIR", help="projection.json/.txt (and .png) go here [RUN/projection]")
+    p.add_argument("--noise", choices=("relative", "absolute"), default="relative",
+                   help="the measured compute deviations scale with the compute per rank (relative: "
+                   "memory and time-sharing noise) or stay in seconds (absolute: OS daemons, "
+                   "injected jitter) [relative]")
     p.add_argument("--plots", action="store_true", help="also write projection.png (needs matplotlib)")
     return p
 

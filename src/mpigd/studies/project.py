@@ -112,7 +112,7 @@ def _report(base, network, ranks, kinds) -> tuple[dict, list[str]]:
              f"compute {1e3 * base.compute_s:.3f} ms/iteration per worker, update "
              f"{1e3 * base.update_s:.4f} ms, measured {1e3 * base.s_per_iter:.3f} ms/iteration; "
              f"fixed = the rest of it; compute deviations from {base.deviations_from}, "
-             f"sd {1e3 * float(np.std(base.deviations_s)):.4f} ms",
+             f"sd {1e3 * float(np.std(base.deviations_s)):.4f} ms, taken as {base.noise}",
              f"network:  {network.label}",
              "sync = E[max of w draws] - mean of the baseline's per-rank per-iteration compute "
              "deviations: the empirical distribution's exact expected maximum (bootstrap limit), "
@@ -149,6 +149,7 @@ def command(args) -> int:
 
         check_available()
     base = load_baseline(args.baseline)
+    base.noise = args.noise
     network = load_network(args, args.baseline)
     kinds = ("strong", "weak") if args.kind == "both" else (args.kind,)
     payload, lines = _report(base, network, ranks, kinds)

@@ -6,9 +6,9 @@ compute(m)  the mean per-rank compute: c0 * w0 / w (w workers hold the rows; str
             scaling) or c0 (weak scaling: the rows per worker stay).
 sync(m)     the wait for the slowest of the w workers each iteration: E[max of w draws]
             minus the mean. The draws are the baseline's per-rank, per-iteration compute
-            deviations from their rank's mean, in seconds (noise from the OS, the memory
-            system, injected jitter: absolute, so it does not shrink with the rows),
-            taken as i.i.d. The estimator is the expected maximum of w draws from their
+            deviations from their rank's mean, taken as i.i.d.: `absolute` seconds (OS
+            daemons, injected jitter: they do not shrink with the rows) or `relative` to
+            the compute (memory-system and time-sharing noise: they shrink with it). The estimator is the expected maximum of w draws from their
             empirical distribution (exact, = bootstrap in the limit); for w beyond the
             number of samples it continues with a normal tail (expected_max_excess).
 update      rank 0's serial update of w, measured: the same at every m.
@@ -45,6 +45,7 @@ class Baseline:
     deviations_s: np.ndarray  # per-rank, per-iteration compute minus its rank's mean
     deviations_from: str      # where the draws came from (trace.json, history.csv)
     source: str               # the run directory
+    noise: str = "relative"   # deviations scale with compute(m) (relative) or not (absolute)
 
 
 @dataclass
@@ -100,7 +101,8 @@ def terms(base: Baseline, network: Network, ranks: int, kind: str,
     dedicated = base.ranks - base.workers
     workers = max(1, ranks - dedicated)
     compute = base.compute_s * base.workers / workers if kind == "strong" else base.compute_s
-    sync = expected_max_excess(base.deviations_s, workers)
+    scale = compute / base.compute_s if base.noise == "relative" and base.compute_s > 0 else 1.0
+    sync = scale * expected_max_excess(base.deviations_s, workers)
     comm = network.iteration_s(ranks, base.features)
     total = compute + sync + base.update_s + comm + fixed
     return {"ranks": ranks, "workers": workers, "compute_s": compute, "sync_s": sync,
