@@ -132,7 +132,7 @@ def _report(base, network, ranks, kinds) -> tuple[dict, list[str]]:
                 f"doubling from there saves {1e3 * top['doubling_saves_compute_s']:.4f} ms of compute "
                 f"but adds {1e3 * top['doubling_adds_comm_s']:.4f} ms of communication and "
                 f"{1e3 * top['doubling_adds_sync_s']:.4f} ms of synchronization "
-                f"({top['bound_by']} bound); the serial update and fixed cost "
+                f"({top['bound_by']}{'' if top['bound_by'].startswith('not') else ' bound'}); the serial update and fixed cost "
                 f"({1e3 * (base.update_s + rows[0]['overhead_s']):.4f} ms) cap any speedup at "
                 f"{rows[0]['t_iter_s'] / (base.update_s + rows[0]['overhead_s']):.0f}x")
     return payload, lines

@@ -28,7 +28,7 @@ def plot_projection(payload: dict, out: str) -> str:
     top = payload.get("peak")
     if top:
         speed.axvline(top["ranks"], color="tab:red", lw=0.8)
-        speed.annotate(f"peak {top['speedup']:.0f}x at {top['ranks']} ranks\n({top['bound_by']} bound)",
+        speed.annotate(f"peak {top['speedup']:.0f}x at {top['ranks']} ranks\n({top['bound_by']})",
                        (top["ranks"], top["speedup"]), textcoords="offset points", xytext=(-60, -40),
                        fontsize=8)
     for ax in (speed, eff):

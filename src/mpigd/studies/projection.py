@@ -141,7 +141,8 @@ def peak(base: Baseline, network: Network, rows: list[dict]) -> dict:
     return {"ranks": best["ranks"], "speedup": best["speedup"], "where": limited,
             "doubling_saves_compute_s": saved, "doubling_adds_comm_s": added_comm,
             "doubling_adds_sync_s": added_sync,
-            "bound_by": "communication" if added_comm >= added_sync else "synchronization"}
+            "bound_by": "not reached: one more doubling still pays" if saved > added_comm + added_sync
+            else "communication" if added_comm >= added_sync else "synchronization"}
 
 
 def powers_of_two(largest: int) -> list[int]:
