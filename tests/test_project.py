@@ -107,3 +107,25 @@ def test_bad_options_are_one_message(tmp_path, args, message):
     assert mpirun(1, "--data", data, "--iters", 3, "--quiet", out=str(tmp_path / "run")).returncode == 0
     proc = python_m("project", tmp_path / "run", *args)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_the_sync_term_predicts_a_jittered_run(tmp_path):
+    # Every rank sleeps an exponential 5 ms per iteration (--jitter, seeded): from the
+    # 1-rank run's trace the model predicts the 2-rank run's wait for the slower rank.
+    data = tmp_path / "d.h5"
+    assert python_m("generate", "--rows", 4000, "--features", 10, "--out", data).returncode == 0
+    common = ("--data", data, "--iters", 150, "--tol", 0, "--jitter", 0.005, "--quiet")
+    one = mpirun(1, *common, "--trace", out=str(tmp_path / "one"))
+    two = mpirun(2, *common, out=str(tmp_path / "two"))
+    assert one.returncode == 0 and two.returncode == 0, (one, two)
+    assert two.result["config"]["jitter"] == 0.005
+    proc = python_m("project", tmp_path / "one", "--latency", "1us", "--bandwidth", "10GB/s",
+                    "--noise", "absolute", "--ranks", "1,2", "--kind", "strong", "--out", tmp_path / "p")
+    assert proc.returncode == 0, proc.stderr
+    predicted = json.loads((tmp_path / "p" / "projection.json").read_text())["series"]["strong"][1]
+    from mpigd.studies.results import summarize_run
+
+    measured = summarize_run(str(tmp_path / "two" / "result.json"))["sync_s"]
+    # E[max of 2] - mean of Exp(5 ms) = 2.5 ms, plus the machine's own noise
+    assert predicted["sync_s"] == pytest.approx(measured, rel=0.35)
+    assert measured > 0.0015

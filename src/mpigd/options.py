@@ -68,6 +68,9 @@ def _train_parser(sub):
     p.add_argument("--threads", metavar="N", help="BLAS threads per rank [1 when ranks > 1]")
     p.add_argument("--straggler", metavar="RANK:SECONDS",
                    help="add SECONDS of sleep to RANK's compute each iteration")
+    p.add_argument("--jitter", metavar="SECONDS",
+                   help="add a random sleep (exponential, mean SECONDS, seeded by --seed and the "
+                   "rank) to every rank's compute each iteration: noise for the sync term [0]")
     p.add_argument("--seed", metavar="S", help="seed of the power iteration's start vector [0]")
     p.add_argument("--quiet", action="store_true", help="no progress lines, no summary table")
     p.add_argument("--mode", choices=("server", "allreduce"),

@@ -49,7 +49,7 @@ class Job:
     comm: MPI.Comm
     run_dir: str | None       # on rank 0; None elsewhere
     resume: checkpoint.Checkpoint | None
-    straggle_s: float         # this rank's injected delay per iteration
+    straggle_s: "float | faults.Jitter"  # this rank's injected delay per iteration
     stop: StopRequest
     threads: dict
     started: str
@@ -78,8 +78,10 @@ def run(config: TrainConfig, comm: MPI.Comm = MPI.COMM_WORLD,
         # SIGTERM while loading is honoured too: the flag waits for the first iteration.
         with on_sigterm(StopRequest()) as stop, blas_threads(config.threads, comm.size) as threads:
             straggler = config.straggler
-            job = Job(config, comm, run_dir, resume,
-                      straggler.seconds if straggler and straggler.rank == comm.rank else 0.0,
+            delay = straggler.seconds if straggler and straggler.rank == comm.rank else 0.0
+            if config.jitter:
+                delay = faults.Jitter(delay, config.jitter, config.seed, comm.rank)
+            job = Job(config, comm, run_dir, resume, delay,
                       stop, threads, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
             prepared = prepare(job)
             step = resume.step if resume else stepsize.choose(
