@@ -26,9 +26,10 @@ def block_rows(features: int) -> int:
 NOISE = 0.1
 
 
-def file_name(rows: int, features: int, seed: int) -> str:
+def file_name(rows: int, features: int, seed: int, condition: float | None = None) -> str:
     """The name generated data go by in a data directory (default data, sweeps, Slurm)."""
-    return f"synthetic-{rows}x{features}-seed{seed}.h5"
+    suffix = "" if condition is None else f"-cond{condition:g}"
+    return f"synthetic-{rows}x{features}-seed{seed}{suffix}.h5"
 
 
 SOURCE_PREFIX = "synthetic:"
@@ -53,20 +54,20 @@ def parse_source(text: str | None) -> tuple[int, int, int] | None:
 
 
 def ensure(directory: str, rows: int, features: int, seed: int = 0,
-           comm=None) -> tuple[str, bool]:
+           condition: float | None = None, comm=None) -> tuple[str, bool]:
     """(path, generated): the float64 data set of these arguments in `directory`, made if absent.
 
     With `comm` (collective) rank 0 decides and every rank generates its own blocks.
     """
-    path = os.path.join(directory, file_name(rows, features, seed))
-    found = matches(path, rows, features, seed, NOISE, "float64") if _speaks(comm) else False
+    path = os.path.join(directory, file_name(rows, features, seed, condition))
+    found = matches(path, rows, features, seed, NOISE, "float64", condition) if _speaks(comm) else False
     if comm is not None and comm.size > 1:
         flag = np.array([found], dtype=np.int8)
         comm.Bcast(flag, root=0)
         found = bool(flag[0])
     if found:
         return path, False
-    write(path, rows, features, seed, comm=comm)
+    write(path, rows, features, seed, condition=condition, comm=comm)
     return path, True
 
 
@@ -74,20 +75,43 @@ def _speaks(comm) -> bool:
     return comm is None or comm.rank == 0
 
 
+def mixing(features: int, seed: int, condition: float | None) -> np.ndarray | None:
+    """The d x d matrix M = Q diag(s) Q^T that every block of rows is multiplied by, or None.
+
+    X = Z M with Z i.i.d. N(0, 1) gives X^T X ~ rows * Q diag(s^2) Q^T, so s spaced
+    geometrically over [K^-1/4, K^1/4] makes cond(X^T X) ~ K (times cond(Z^T Z), which is
+    close to 1 when rows >> features). Q is random (from the seed alone), so the
+    ill-conditioning mixes all features, as correlated real features do. It is fixed for the
+    whole file, so block-wise (and parallel) generation stays exact.
+    """
+    if condition is None:
+        return None
+    if not (condition >= 1 and np.isfinite(condition)):
+        raise MpigdError(f"--condition must be a finite number >= 1 (got {condition})")
+    rng = np.random.default_rng([seed, 0, 1])  # a stream no block (seed, i) nor w_true uses
+    Q, R = np.linalg.qr(rng.standard_normal((features, features)))
+    Q *= np.sign(np.diag(R))  # the QR's sign convention would otherwise depend on LAPACK
+    s = condition ** (np.linspace(-0.25, 0.25, features) if features > 1 else np.zeros(1))
+    return (Q * s) @ Q.T
+
+
 def true_weights(features: int, seed: int) -> np.ndarray:
     """w_true: drawn from its own seed (seed, 0), so it never depends on the row blocks."""
     return np.random.default_rng([seed, 0]).standard_normal(features)
 
 
-def block(seed: int, index: int, rows: int, w_true: np.ndarray,
-          noise: float) -> tuple[np.ndarray, np.ndarray]:
-    """Block `index` of the data set (its `rows` rows): X ~ N(0, 1), y = X w_true + noise.
+def block(seed: int, index: int, rows: int, w_true: np.ndarray, noise: float,
+          mix: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Block `index` of the data set (its `rows` rows): X ~ N(0, 1) (times `mix`, see
+    `mixing`), y = X w_true + noise.
 
     The one generator of values: the serial file, every rank's part of a parallel file and
     the rows generated in memory (`rows_between`) all come from here, block by block.
     """
     rng = np.random.default_rng([seed, index + 1])
     X = rng.standard_normal((rows, len(w_true)))
+    if mix is not None:
+        X = X @ mix
     y = X @ w_true + noise * rng.standard_normal(rows)
     return X, y
 
@@ -101,7 +125,7 @@ def blocks(rows: int, features: int, lo: int = 0, hi: int | None = None):
 
 
 def rows_between(rows: int, features: int, seed: int, lo: int, hi: int, noise: float = NOISE,
-                 dtype: str = "float64") -> tuple[np.ndarray, np.ndarray]:
+                 dtype: str = "float64", condition: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Rows [lo, hi) of the data set `generate` would write, made in memory: bitwise those rows.
 
     Only the blocks overlapping [lo, hi) are generated, one at a time, so a rank pays for
@@ -111,8 +135,9 @@ def rows_between(rows: int, features: int, seed: int, lo: int, hi: int, noise: f
     X = np.empty((hi - lo, features), dtype=dtype)
     y = np.empty(hi - lo, dtype=dtype)
     with _one_blas_thread():  # as `generate` computes X @ w_true
+        mix = mixing(features, seed, condition)
         for index, first, end in blocks(rows, features, lo, hi):
-            bx, by = block(seed, index, end - first, w_true, noise)
+            bx, by = block(seed, index, end - first, w_true, noise, mix)
             a, b = max(lo, first), min(hi, end)
             X[a - lo : b - lo] = bx[a - first : b - first]
             y[a - lo : b - lo] = by[a - first : b - first]
@@ -128,11 +153,17 @@ def check_arguments(rows: int, features: int, noise: float, collective: bool = F
         raise MpigdError(f"--noise must be a finite number >= 0 (got {noise})", collective=collective)
 
 
-def attributes(rows: int, features: int, seed: int, noise: float, dtype, compression) -> dict:
+def attributes(rows: int, features: int, seed: int, noise: float, dtype, compression,
+               condition: float | None = None) -> dict:
     """The file's attributes: what `matches` compares, and how the values were made."""
-    return dict(generator=f"mpigd {__version__}", rows=rows, features=features, seed=seed,
-                noise=noise, dtype=np.dtype(dtype).name, compression=compression or "none",
-                model="y = X @ w_true + noise * N(0, 1); X ~ N(0, 1) i.i.d.")
+    found = dict(generator=f"mpigd {__version__}", rows=rows, features=features, seed=seed,
+                 noise=noise, dtype=np.dtype(dtype).name, compression=compression or "none",
+                 model="y = X @ w_true + noise * N(0, 1); X ~ N(0, 1) i.i.d." if condition is None
+                 else "y = X @ w_true + noise * N(0, 1); X = Z @ M, Z ~ N(0, 1) i.i.d., "
+                      "M = Q diag(s) Q^T, s geometric over [K^-1/4, K^1/4], cond(X^T X) ~ K")
+    if condition is not None:
+        found["condition"] = float(condition)
+    return found
 
 
 def create_rows(h5file, n: int, features: int, dtype, compression: str | None):
@@ -146,7 +177,8 @@ def create_rows(h5file, n: int, features: int, dtype, compression: str | None):
     return X, y
 
 
-def fill_rows(X, y, rows: int, features: int, seed: int, noise: float, lo: int = 0) -> None:
+def fill_rows(X, y, rows: int, features: int, seed: int, noise: float, lo: int = 0,
+              condition: float | None = None) -> None:
     """Write rows [lo, lo + len(X)) of the data set into the datasets X and y, block by block.
 
     A part file of a parallel generation holds the rows of whole blocks, so every block is
@@ -154,24 +186,27 @@ def fill_rows(X, y, rows: int, features: int, seed: int, noise: float, lo: int =
     """
     dtype, hi = X.dtype, lo + X.shape[0]
     w_true = true_weights(features, seed)
+    mix = mixing(features, seed, condition)
     for index, first, end in blocks(rows, features, lo, hi):
-        bx, by = block(seed, index, end - first, w_true, noise)
+        bx, by = block(seed, index, end - first, w_true, noise, mix)
         X[first - lo : end - lo] = bx.astype(dtype, copy=False)
         y[first - lo : end - lo] = by.astype(dtype, copy=False)
 
 
 def generate(path: str, rows: int, features: int, seed: int = 0, noise: float = NOISE,
-             dtype: str = "float64", compression: str | None = None) -> float:
+             dtype: str = "float64", compression: str | None = None,
+             condition: float | None = None) -> float:
     """Write X (rows x features), y (rows) and w_true (features) to `path`; return seconds.
 
     The file appears atomically (rundir.atomic_write), so an interrupted generation never
     leaves a file that looks complete.
     """
-    return write(path, rows, features, seed, noise, dtype, compression)
+    return write(path, rows, features, seed, noise, dtype, compression, condition)
 
 
 def write(path: str, rows: int, features: int, seed: int = 0, noise: float = NOISE,
-          dtype: str = "float64", compression: str | None = None, comm=None) -> float:
+          dtype: str = "float64", compression: str | None = None, condition: float | None = None,
+          comm=None) -> float:
     """`generate` by one process, or collectively by every rank of `comm`, each its blocks.
 
     The same arguments give the same values whatever the number of ranks (the blocks are
@@ -180,14 +215,15 @@ def write(path: str, rows: int, features: int, seed: int = 0, noise: float = NOI
     import h5py
 
     check_arguments(rows, features, noise, collective=comm is not None)
+    mixing(features, seed, condition)  # a bad --condition is refused before any file is made
     dtype = np.dtype(dtype)
     if _speaks(comm):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     started = time.perf_counter()
     data = generate_parallel.Rows(
         rows, features, dtype, create=lambda f, n: create_rows(f, n, features, dtype, compression),
-        fill=lambda X, y, lo: fill_rows(X, y, rows, features, seed, noise, lo),
-        finish=lambda f: _finish(f, rows, features, seed, noise, dtype, compression))
+        fill=lambda X, y, lo: fill_rows(X, y, rows, features, seed, noise, lo, condition),
+        finish=lambda f: _finish(f, rows, features, seed, noise, dtype, compression, condition))
     if comm is None or comm.size == 1:
         def write_file(partial):
             with h5py.File(partial, "w", track_order=True) as f:
@@ -203,10 +239,10 @@ def write(path: str, rows: int, features: int, seed: int = 0, noise: float = NOI
     return time.perf_counter() - started
 
 
-def _finish(h5file, rows, features, seed, noise, dtype, compression) -> None:
+def _finish(h5file, rows, features, seed, noise, dtype, compression, condition) -> None:
     h5file.create_dataset("w_true", data=true_weights(features, seed).astype(dtype),
                           track_times=False)
-    h5file.attrs.update(attributes(rows, features, seed, noise, dtype, compression))
+    h5file.attrs.update(attributes(rows, features, seed, noise, dtype, compression, condition))
 
 
 def split_rows(rows: int, features: int, size: int, rank: int) -> tuple[int, int]:
@@ -216,7 +252,8 @@ def split_rows(rows: int, features: int, size: int, rank: int) -> tuple[int, int
     return min(rows, first * step), min(rows, end * step)
 
 
-def matches(path: str, rows: int, features: int, seed: int, noise: float, dtype: str) -> bool:
+def matches(path: str, rows: int, features: int, seed: int, noise: float, dtype: str,
+            condition: float | None = None) -> bool:
     """True if `path` is a complete file that generate() made with these arguments."""
     import h5py
 
@@ -225,8 +262,10 @@ def matches(path: str, rows: int, features: int, seed: int, noise: float, dtype:
             a = f.attrs
             if generate_parallel.missing_parts(f):
                 return False
+            made = float(a["condition"]) if "condition" in a else None
             return (int(a["rows"]), int(a["features"]), int(a["seed"]), float(a["noise"]),
-                    str(a["dtype"])) == (rows, features, seed, float(noise), np.dtype(dtype).name)
+                    str(a["dtype"]), made) == (rows, features, seed, float(noise),
+                                               np.dtype(dtype).name, condition)
     except (OSError, KeyError):
         return False
 
@@ -258,13 +297,14 @@ def command(args) -> int:
                              "FILE.h5 for another --noise, --dtype or --compression",
                              collective=comm is not None)
         with _one_blas_thread():
-            path, _ = ensure(args.out_dir, args.rows, args.features, args.seed, comm=comm)
+            path, _ = ensure(args.out_dir, args.rows, args.features, args.seed, args.condition,
+                             comm=comm)
         if _speaks(comm):  # for scripts: `file=$(python -m mpigd generate ... --out-dir D)`
             print(path, flush=True)
         return 0
     with _one_blas_thread():
         seconds = write(args.out, args.rows, args.features, args.seed, args.noise, args.dtype,
-                        args.compression, comm=comm)
+                        args.compression, args.condition, comm=comm)
     if _speaks(comm):
         size_gb = args.rows * args.features * np.dtype(args.dtype).itemsize / 1e9
         ranks = f" by {comm.size} ranks" if comm is not None and comm.size > 1 else ""
