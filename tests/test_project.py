@@ -1,6 +1,7 @@
 """`python -m mpigd project`: the model's terms, its estimator, and the command on real runs."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -129,3 +130,32 @@ def test_the_sync_term_predicts_a_jittered_run(tmp_path):
     # E[max of 2] - mean of Exp(5 ms) = 2.5 ms, plus the machine's own noise
     assert predicted["sync_s"] == pytest.approx(measured, rel=0.35)
     assert measured > 0.0015
+
+
+def test_four_emulated_hosts_predicted_from_a_one_and_two_host_fit(tmp_path):
+    """The projection's whole time per iteration at 4 hosts, from a fit without 4 hosts."""
+    from test_across_hosts import _need_root, cluster_scale
+
+    from mpigd.cluster import Cluster, down
+    from mpigd.studies.results import summarize_run
+    from mpigd.synthetic import generate
+
+    _need_root()
+    root, name = str(tmp_path / "clusters"), f"j{os.getpid() % 100000}"
+    data = str(tmp_path / "data.h5")
+    generate(data, 40_000, 50)
+    cluster = Cluster.up(name, hosts=4, delay_ms=10.0, root=root)
+    try:
+        proc = cluster_scale(cluster, data, tmp_path / "sweep")
+    finally:
+        down(name, root)
+    assert proc.returncode == 0, proc
+    model = json.loads((tmp_path / "sweep" / "comm_model.json").read_text())
+    del model["fits"]["4"]
+    (tmp_path / "fit-1-2.json").write_text(json.dumps(model))
+    proc = python_m("project", tmp_path / "sweep", "--comm-model", tmp_path / "fit-1-2.json",
+                    "--ranks", "1,2,4", "--kind", "strong", "--out", tmp_path / "p")
+    assert proc.returncode == 0, proc.stderr
+    predicted = json.loads((tmp_path / "p" / "projection.json").read_text())["series"]["strong"][2]
+    measured = summarize_run(str(tmp_path / "sweep" / "p004-r1" / "result.json"))["s_per_iter"]
+    assert predicted["ranks"] == 4 and predicted["t_iter_s"] == pytest.approx(measured, rel=0.25)
