@@ -91,11 +91,12 @@ def test_holdout_rule_is_the_documented_hash():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """The diabetes table as CSV and Parquet, imported, trained on 2 and 3 ranks."""
+    """The diabetes table as CSV and Parquet, imported, trained on 2 ranks and 1 (the rule holds
+    out the same rows for both; more ranks than the machine's 2 cores only slow the test)."""
     tmp = tmp_path_factory.mktemp("realdata")
     table, data = diabetes_table()
     runs = {}
-    for name, ranks in (("diabetes.csv", 2), ("diabetes.parquet", 3)):
+    for name, ranks in (("diabetes.csv", 2), ("diabetes.parquet", 1)):
         h5 = imported(tmp, write_table(table, tmp / name))
         # A test file of the same features: the last 100 patients, imported on their own.
         test_h5 = imported(tmp, write_table(table.slice(342), tmp / f"test-{name}"))
@@ -210,7 +211,7 @@ def test_one_hot_collinear_with_intercept_uses_lstsq_and_refuses_unseen_category
     assert solved.returncode == 0, solved
     assert "rank-deficient (rank 10 of 11" in solved.stdout and "lstsq" in solved.stdout
     run = mpirun(2, "--data", h5, "--standardize", "--intercept", "--reference", "exact", "--iters",
-                 "3000", "--tol", "1e-9", "--quiet", out=str(tmp_path / "run"))
+                 "500", "--quiet", out=str(tmp_path / "run"))
     assert run.returncode == 0, run
     assert run.result["reference"]["method"] == "lstsq"
     names = [row["name"] for row in run.result["weights"]]
@@ -320,6 +321,7 @@ def test_resume_holds_out_the_same_rows(trained, tmp_path):
     resumed = mpirun(2, "--resume", str(tmp_path / "a"), "--quiet")
     whole = mpirun(2, *args, out=str(tmp_path / "b"))
     assert resumed.returncode == 0 and whole.returncode == 0, (resumed, whole)
+    assert "holdout R² 0.47" in whole.stdout  # --quiet's one line names the held-out fit
     with h5py.File(tmp_path / "a" / "weights.h5") as a, h5py.File(tmp_path / "b" / "weights.h5") as b:
         assert np.array_equal(a["w"][()], b["w"][()])
     histories = []

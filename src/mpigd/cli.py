@@ -24,6 +24,7 @@ _HANDLERS = {
     "bench-comm": ("mpigd.studies.commands", "bench_comm"),
     "bench": ("mpigd.studies.commands", "bench"),
     "project": ("mpigd.studies.project", "command"),
+    "compare": ("mpigd.studies.compare", "command"),
 }
 
 

@@ -106,6 +106,9 @@ def quiet_summary(result: Result) -> str:
     """The one line of --quiet (and a warning line if the run was oversubscribed)."""
     line = (f"mpigd: {result.stop_reason} after {result.iterations} iterations, "
             f"final loss {result.final_loss:.9e}, {result.wall_s:.3f} s")
+    held = {k: v for k, v in (result.metrics or {}).items() if k in ("holdout", "test")}
+    line += "".join(f", {name} R² {found['r2']:.6g}" for name, found in held.items()
+                    if found.get("r2") is not None)
     over = [n for n in notes(result.placement, result.ranks) if n.startswith("oversubscribed")] \
         if result.placement else []
     warning = _not_converged(result)[:1]

@@ -8,13 +8,13 @@ one message, not sixteen.
 
 import argparse
 
-from . import __version__, importer, rundir
+from . import __version__, importer, method_options, project_options, rundir
 from .cluster import cli as cluster_cli
 from .config import KERNELS
 from .errors import MpigdError, launcher_rank
 
 COMMANDS = ("train", "generate", "import", "predict", "solve", "cluster", "scale", "scale-report",
-            "bench-comm", "plot", "bench", "project")
+            "bench-comm", "plot", "bench", "compare", "project")
 
 
 def comma_list(text: str, cast, option: str, example: str) -> list:
@@ -87,6 +87,7 @@ def _train_parser(sub):
     p.add_argument("--resume", metavar="DIR",
                    help="continue the run in DIR from its checkpoint (data and options come "
                    "from the checkpoint; --iters, --tol and a few others may be changed)")
+    method_options.add_train_arguments(p)  # --method and sgd's options (issue 14)
     return p
 
 
@@ -272,6 +273,9 @@ def _scale_parser(sub):
                    help="the rank that sleeps in the straggler study [last]")
     p.add_argument("--train-args", default="", metavar='"ARGS"',
                    help='more trainer options for every run, e.g. --train-args="--dtype float32"')
+    p.add_argument("--batch-sizes", metavar="B,...",
+                   help="one sweep of --method sgd per batch size, e.g. 1000,10000,100000, and "
+                   "a table of speedup against batch size (OUT/batch-B, OUT/batch_sizes.json)")
     p.add_argument("--comm-model", default="auto", metavar="auto|none|FILE",
                    help="auto: run bench-comm per rank count into OUT/comm_model.json; "
                    "or an existing comm_model.json; none: no prediction [auto]")
@@ -350,25 +354,6 @@ def _bench_parser(sub):
     return p
 
 
-def _project_parser(sub):
-    p = sub.add_parser(
-        "project", help="predict time/iteration, speedup, efficiency at rank counts past the machine",
-        description="From a measured run or sweep and a network (comm_model.json, or --latency and "
-        "--bandwidth), predict strong and weak scaling with its terms (compute / m, update, message "
-        "steps, the wait for the slowest of m ranks); names where the speedup peaks.")
-    p.add_argument("baseline", metavar="DIR", help="a run directory (result.json) or a sweep directory")
-    p.add_argument("--comm-model", metavar="FILE.json", help="fitted comm_model.json [DIR/comm_model.json]")
-    p.add_argument("--latency", metavar="TIME", help="per message step, e.g. 1.5us or 50us")
-    p.add_argument("--bandwidth", metavar="RATE", help="per link, e.g. 12GB/s or 1.2GB/s")
-    p.add_argument("--ranks", metavar="LIST", help="rank counts [1,2,4,...,4096]")
-    p.add_argument("--kind", choices=("strong", "weak", "both"), default="both", help="[both]")
-    p.add_argument("--noise", choices=("relative", "absolute"), default="relative", help="compute "
-                   "deviations scale with the compute per rank, or stay in seconds (--jitter) [relative]")
-    p.add_argument("--out", metavar="DIR", help="for projection.json/.txt/.png [RUN/projection]")
-    p.add_argument("--plots", action="store_true", help="also write projection.png (needs matplotlib)")
-    return p
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mpigd", description="Data-parallel gradient descent on MPI, instrumented.",
@@ -387,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     _bench_comm_parser(sub)
     _plot_parser(sub)
     _bench_parser(sub)
-    _project_parser(sub)
+    method_options.add_compare_parser(sub)
+    project_options.add_parser(sub)  # `project` (issue 15)
     return parser
 
 

@@ -53,6 +53,28 @@ def parse_source(text: str | None) -> tuple[int, int, int] | None:
     return int(rows), int(features), int(seed or 0)
 
 
+def generate_shard(comm, source: str, dtype: str = "auto", dedicated_server: bool = False):
+    """Collective: `--data synthetic:RxD[:S]`: every rank generates its own rows, no file.
+
+    Returns what the trainer's loader returns: (DatasetInfo, X, y, lo, hi).
+    """
+    from .comm import agreed
+    from .data import DatasetInfo, compute_dtype, shard_rows
+
+    workers = comm.size - 1 if dedicated_server else comm.size
+    with agreed(comm, f"generating {source}"):
+        rows, features, seed = parse_source(source)
+        if rows < workers:
+            raise MpigdError(f"{source}: {rows} rows cannot be shared by {workers} workers; "
+                             "start fewer ranks or ask for more rows")
+        kind = compute_dtype("float64", dtype)  # as the file would store them: float64
+        lo, hi = shard_rows(rows, comm.size, comm.rank, dedicated_server)
+        X, y = rows_between(rows, features, seed, lo, hi, dtype=kind.name)
+    info = DatasetInfo(path=source, x_name="X", y_name="y", rows=rows, features=features,
+                       x_dtype="float64", y_dtype="float64", y_shape=(rows,))
+    return info, X, y, lo, hi
+
+
 def ensure(directory: str, rows: int, features: int, seed: int = 0,
            condition: float | None = None, comm=None) -> tuple[str, bool]:
     """(path, generated): the float64 data set of these arguments in `directory`, made if absent.

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-from . import (__version__, checkpoint, clocks, data, evaluation, faults, generate_parallel, rundir,
-               stepsize, synthetic, trace)
+from . import (__version__, checkpoint, clocks, data, evaluation, faults, generate_parallel, methods,
+               rundir, stepsize, synthetic, trace)
+from .methods import loop as method_loop
 from .comm import agreed
 from .config import Mode, TrainConfig
 from .environment import blas_threads, gather_rank_facts, mpi_library, slurm_info
@@ -131,7 +132,7 @@ def prepare(job: Job) -> Prepared:
                    "checksum": checkpoint.data_checksum(comm, X, y, lo)}
     if job.resume is not None:
         checkpoint.check_fingerprint(job.resume.fingerprint, fingerprint, job.run_dir or config.out)
-        if job.resume.iteration > config.iters:
+        if job.resume.iteration > config.iters and config.method != "sgd":  # sgd: rounds != steps
             raise MpigdError(f"the checkpoint is at iteration {job.resume.iteration}, past --iters "
                              f"{config.iters}; resume with a larger --iters", collective=True)
     train, held = evaluation.split_rows(comm, config, X, y, lo, info.rows, path)
@@ -163,26 +164,10 @@ def _default_data(comm, condition: float | None = DEFAULT_CONDITION) -> str:
     return path
 
 
-def _generate_in_place(config, comm, path):
-    """Collective: `--data synthetic:RxD[:S]`: every rank generates its own rows, no file."""
-    workers = comm.size - 1 if config.dedicated_server else comm.size
-    with agreed(comm, f"generating {path}"):
-        rows, features, seed = synthetic.parse_source(path)
-        if rows < workers:
-            raise MpigdError(f"{path}: {rows} rows cannot be shared by {workers} workers; "
-                             "start fewer ranks or ask for more rows")
-        dtype = data.compute_dtype("float64", config.dtype)  # as the file would store them
-        lo, hi = data.shard_rows(rows, comm.size, comm.rank, config.dedicated_server)
-        X, y = synthetic.rows_between(rows, features, seed, lo, hi, dtype=dtype.name)
-    info = data.DatasetInfo(path=path, x_name="X", y_name="y", rows=rows, features=features,
-                            x_dtype="float64", y_dtype="float64", y_shape=(rows,))
-    return info, X, y, lo, hi
-
-
 def _load(config, comm, path):
     """Collective: every rank opens the file, validates it, reads only its own rows."""
-    if path.startswith(synthetic.SOURCE_PREFIX):
-        return _generate_in_place(config, comm, path)
+    if path.startswith(synthetic.SOURCE_PREFIX):  # --data synthetic:RxD[:S]: no file
+        return synthetic.generate_shard(comm, path, config.dtype, config.dedicated_server)
     rank, size = comm.rank, comm.size
     workers = size - 1 if config.dedicated_server else size
     fault = faults.planned(rank)
@@ -244,6 +229,15 @@ def descend(job: Job, prepared: Prepared, step: StepSize):
     saver = checkpoint.Saver(job.run_dir, step, config.to_dict(), prepared.fingerprint,
                              job.comm.size, config.checkpoint_every)
     loop = peer_to_peer_descent if config.mode is Mode.ALLREDUCE else gradient_descent
+    method, setup = None, 0
+    if config.method != "gd":  # --method (issue 14): the same four steps, in methods/loop.py
+        rules = methods.stop_rules(config, prepared.info.rows, resume)
+        method, setup = methods.build(config, job.comm, prepared.shard, step, prepared.info.features,
+                                      prepared.info.rows, prepared.lo, prepared.hi, resume)
+        saver.method_state = lambda: methods.state_of(method)
+
+        def loop(comm, shard, w0, lr, rules, **hooks):  # w0 and lr live in the method's state
+            return method_loop.run(comm, shard, method, rules, config.mode, **hooks)
     # Overflow is detected (rules.decide checks loss and |g| every iteration) and reported
     # as divergence: numpy's own warnings would only add noise to that one message.
     before = clocks.measure(job.comm)
@@ -251,6 +245,7 @@ def descend(job: Job, prepared: Prepared, step: StepSize):
         trajectory = loop(job.comm, prepared.shard, w0, step.lr, rules, straggle_s=job.straggle_s,
                           stop=job.stop, on_iteration=_AfterIteration(job, rules, saver, prepared.watch))
     after = clocks.measure(job.comm)
+    trajectory.method, trajectory.setup_rounds = method, setup
     return saver, trajectory, (clocks.Alignment(before, after) if before is not None else None)
 
 
@@ -365,6 +360,10 @@ def _result(job, prepared, step, saver, trajectory, seconds, facts) -> Result:
         stop_reason=trajectory.outcome.reason, final_loss=float(loss[-1]),
         converged=trajectory.outcome is Outcome.CONVERGED,
         more_iterations_estimate=rules.iterations_to_tol(),
+        communication=methods.rounds(
+            config, len(facts), info.features, evaluations,
+            trajectory.setup_rounds + (0 if job.resume else step.power_iterations or 0),
+            trajectory.outcome is Outcome.CONVERGED, trajectory.wall_s, trajectory.method),
         initial_loss=float(loss[0]),
         grad_norm_rel=float(grad_norm[-1] / grad_norm[0]) if grad_norm[0] > 0 else 0.0,
         lr=step.lr, lr_mode=step.mode, lambda_max=step.lambda_max,
