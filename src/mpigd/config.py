@@ -64,6 +64,7 @@ class TrainConfig:
     trace: bool = False              # write trace.json (Chrome trace events)
     checkpoint_every: int = 0        # write checkpoint.h5 every K iterations; 0 = never
     kernel: str | None = None        # auto, blas or numba; None = $MPIGD_KERNEL, else auto
+    stall_timeout: float | None = None  # watchdog limit (s); None = default rule, 0 = off
 
     def to_dict(self) -> dict:
         """Plain JSON/HDF5-attribute values, as the options are spelled on the command line."""
@@ -76,14 +77,15 @@ class TrainConfig:
 FIELDS = {f.name: f for f in fields(TrainConfig)}
 _BOOLEAN = {"force", "dedicated_server", "standardize", "intercept", "quiet", "trace"}
 _INTEGER = {"iters", "threads", "seed", "checkpoint_every"}
-_FLOAT = {"tol"}
+_FLOAT = {"tol", "stall_timeout"}
 _STRING = {"data", "x_dataset", "y_dataset", "out", "dtype", "straggler", "mode", "kernel"}
 # What a resumed run may change: everything else would make it a different computation.
 # StopRules and the phase clocks hold (iters x phases) arrays on every rank: a typo like
 # --iters 1e12 must be refused, not met with a MemoryError. Longer runs chain --resume.
 MAX_ITERS = 10**7
 RESUME_OVERRIDABLE = {"iters", "tol", "quiet", "threads", "straggler", "trace",
-                      "checkpoint_every", "mode", "dedicated_server", "force", "kernel"}
+                      "checkpoint_every", "mode", "dedicated_server", "force", "kernel",
+                      "stall_timeout"}
 
 
 def _option(name):
@@ -228,6 +230,11 @@ def validate(config: TrainConfig) -> TrainConfig:
     if config.straggler is not None:
         config.straggler = parse_straggler(config.straggler)
     config.kernel = kernel_setting(config.kernel)
+    if config.stall_timeout is not None:
+        config.stall_timeout = _number(config.stall_timeout, "--stall-timeout")
+        if not config.stall_timeout >= 0:
+            raise MpigdError(f"--stall-timeout must be >= 0 seconds (0 = no watchdog), got "
+                             f"{config.stall_timeout}")
     for name in ("x_dataset", "y_dataset"):
         if not getattr(config, name):
             raise MpigdError(f"{_option(name)} must not be empty")

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-from . import __version__, checkpoint, clocks, data, faults, rundir, stepsize, synthetic, trace
+from . import __version__, checkpoint, clocks, data, faults, progress, rundir, stepsize, synthetic, trace
+from . import watchdog
 from .comm import agreed
 from .config import Mode, TrainConfig
 from .environment import blas_threads, gather_rank_facts, mpi_library, slurm_info
@@ -75,7 +76,9 @@ def run(config: TrainConfig, comm: MPI.Comm = MPI.COMM_WORLD,
     run_dir, fresh = _open_run_dir(config, comm, resume)
     try:
         # SIGTERM while loading is honoured too: the flag waits for the first iteration.
-        with on_sigterm(StopRequest()) as stop, blas_threads(config.threads, comm.size) as threads:
+        with on_sigterm(StopRequest()) as stop, blas_threads(config.threads, comm.size) as threads, \
+                watchdog.watching(comm, config.stall_timeout, run_dir,
+                                  resume.iteration if resume else None):
             straggler = config.straggler
             job = Job(config, comm, run_dir, resume,
                       straggler.seconds if straggler and straggler.rank == comm.rank else 0.0,
@@ -183,6 +186,7 @@ class _AfterIteration:
         self.fault = faults.planned(self.rank)
 
     def __call__(self, t: int, w: np.ndarray) -> None:
+        progress.step(t + 1)  # the watchdog's sign of life: iteration t is done
         if self.root:
             self.progress(t, self.rules)
             if self.saver.due(t) and not self.rules.reason:
@@ -210,9 +214,11 @@ def descend(job: Job, prepared: Prepared, step: StepSize):
     # Overflow is detected (rules.decide checks loss and |g| every iteration) and reported
     # as divergence: numpy's own warnings would only add noise to that one message.
     before = clocks.measure(job.comm)
+    progress.enter(progress.LOOP, rules.start)
     with np.errstate(over="ignore", invalid="ignore"):
         trajectory = loop(job.comm, prepared.shard, w0, step.lr, rules, straggle_s=job.straggle_s,
                           stop=job.stop, on_iteration=_AfterIteration(job, rules, saver))
+    progress.enter(progress.FINISHING)
     after = clocks.measure(job.comm)
     return saver, trajectory, (clocks.Alignment(before, after) if before is not None else None)
 
