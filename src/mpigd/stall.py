@@ -18,8 +18,27 @@ def resume_command(run_dir: str, size: int) -> str:
     return f"mpirun -n {size} python -m mpigd --resume {run_dir}"
 
 
+def _on_disk(run_dir: str | None) -> int:
+    """The iteration of run_dir's checkpoint as read back from the file, -1 if unreadable.
+
+    Read rather than taken from rank 0's heartbeats: rank 0 may have frozen right after
+    writing it, before telling anyone, and reading it proves it intact."""
+    if run_dir is None:
+        return -1
+    try:
+        import h5py
+
+        with h5py.File(os.path.join(run_dir, CHECKPOINT), "r") as f:
+            f["w"][()]
+            return int(f.attrs["iteration"])
+    except (OSError, KeyError, ValueError):
+        return -1
+
+
 def _checkpoint(states: dict, run_dir: str | None, size: int) -> str:
-    newest = max(s[progress.CHECKPOINT] for s in states.values())
+    newest = _on_disk(run_dir)
+    if newest < 0:  # not visible from this host: what rank 0 last said it wrote
+        newest = max(s[progress.CHECKPOINT] for s in states.values())
     if run_dir is None or newest < 0:
         return ("no checkpoint was written (--checkpoint-every K keeps one): the run must start "
                 "over")
@@ -47,7 +66,7 @@ def describe(states: dict, silent: dict, waited: dict, hosts: list[str], limit_s
         cause = "frozen, dead or cut off" if heard_anyone else \
             "frozen, dead, or this rank is the one cut off"
         parts.append(f"{_who(rank, hosts)} did not arrive: silent for {silent[rank]:.1f} s "
-                     f"({cause}), last seen {_where(states[rank])}")
+                     f"({cause})")
     for rank in busy:
         parts.append(f"{_who(rank, hosts)} did not arrive: alive but still "
                      f"{_where(states[rank])} after {waited[rank]:.1f} s")
@@ -59,6 +78,10 @@ def describe(states: dict, silent: dict, waited: dict, hosts: list[str], limit_s
         names = ", ".join(_who(r, hosts) for r in sorted(arrived))
         parts.append(f"{names} waited {longest:.1f} s "
                      f"{progress.PHASE_NAMES[progress.WAITING].split(' (')[0]}")
-    return (f"stalled: no progress for {max(waited.values()):.1f} s (stall limit {limit_s:.3g} s, "
+    stage = max(states[r][progress.STAGE] for r in waited)
+    at = max(states[r][progress.STEP] for r in waited)
+    where = (f"at iteration {at}" if stage == progress.LOOP else f"at power-iteration pass {at}"
+             if stage == progress.POWER else f"while {progress.STAGE_NAMES[stage]}")
+    return (f"stalled {where}: no progress for {max(waited.values()):.1f} s (stall limit {limit_s:.3g} s, "
             f"{option_text}): " + "; ".join(parts) + "; " + _checkpoint(states, run_dir, size)
             + f"; every rank is being ended (exit code {int(ExitCode.STALLED)})")
