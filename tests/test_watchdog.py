@@ -189,3 +189,61 @@ def test_zero_turns_the_watchdog_off_and_a_normal_run_is_untouched(data, tmp_pat
     run = mpirun(2, "--data", data, "--iters", 50, "--tol", 0, "--quiet", "--stall-timeout", 1,
                  "--straggler", "1:0.3", out=str(tmp_path / "on"))
     assert run.returncode == 0, run  # 0.3 s per iteration: steady progress, never a stall
+
+
+# --- across emulated hosts: a partition ------------------------------------------------------
+
+def _need_root():
+    import shutil
+
+    if os.geteuid() == 0 and all(shutil.which(t) for t in ("ip", "iptables", "nsenter")):
+        return
+    reason = "needs root and ip, iptables, nsenter (apt-get install iproute2 iptables util-linux)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+_CUT = [["INPUT", "-i", "eth0"], ["OUTPUT", "-o", "eth0"]]
+
+
+def _iptables(netns, action, rules):
+    for rule in rules:
+        subprocess.run(["ip", "netns", "exec", netns, "iptables", action, *rule, "-j", "DROP"],
+                       check=action == "-A", capture_output=True, timeout=30)
+
+
+@pytest.mark.parametrize("mode", ["server", "allreduce"])
+def test_a_partitioned_host_is_named_and_the_job_ends(data, tmp_path, mode):
+    """Every packet from and to node1 dropped by iptables inside node1's namespace."""
+    import sys
+
+    from mpigd.cluster import Cluster, down
+
+    _need_root()
+    root, name = str(tmp_path / "clusters"), f"w{os.getpid() % 100000}"
+    cluster = Cluster.up(name, hosts=2, root=root)
+    out = str(tmp_path / "run")
+    netns = cluster.host("node1").netns
+    proc = token = None
+    try:
+        argv, env, token = cluster.job([sys.executable, "-m", "mpigd", *_train_args(data, out, "--mode", mode)],
+                                       n=2, per_host=1)
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        _wait_for(lambda: os.path.exists(os.path.join(out, "checkpoint.h5")), 120, "a checkpoint")
+        _iptables(netns, "-A", _CUT)
+        cut = time.monotonic()
+        _, err = proc.communicate(timeout=STALL_S + 40)
+        _wait_for(lambda: not tagged_processes(token), STALL_S + 10, "every rank to end")
+        seconds = time.monotonic() - cut
+        lines = [line for line in err.splitlines() if line.startswith("mpigd: error: stalled")]
+        assert proc.returncode == 124, err
+        assert seconds <= STALL_S + 10, (seconds, err)
+        assert lines and "rank 1 (node1) did not arrive: silent for" in lines[0], err
+    finally:
+        _iptables(netns, "-D", _CUT)
+        if proc is not None:
+            _end(proc, token)
+        down(name, root)
+    _assert_resumes_bitwise(data, out, tmp_path, 2, mode)
