@@ -247,3 +247,17 @@ def test_a_partitioned_host_is_named_and_the_job_ends(data, tmp_path, mode):
             _end(proc, token)
         down(name, root)
     _assert_resumes_bitwise(data, out, tmp_path, 2, mode)
+
+
+def test_a_killed_jobs_shm_segment_is_removed_and_no_other_is_touched(data, tmp_path):
+    from conftest import mapped_segments, reap_segments, shm_segments
+
+    before = shm_segments()
+    run = mpirun(2, "--data", data, "--iters", 50, "--quiet", out=str(tmp_path / "r"),
+                 env={"MPIGD_INJECT_FAULT": "1:loop:3"})
+    assert run.returncode != 0
+    leaked = _wait_for(lambda: shm_segments() - before - mapped_segments(), 10,
+                       "MPICH to leave the aborted job's segment behind")
+    removed = reap_segments(before)
+    assert set(removed) == leaked and not set(removed) & before
+    assert not shm_segments() & leaked

@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from . import diskfull
 from .errors import MpigdError
 
 RESULT = "result.json"
@@ -60,9 +61,13 @@ def atomic_write(path: str, write: Callable[[str], None]) -> str:
         _fsync_path(partial)
         os.replace(partial, path)
         _fsync_path(directory)  # make the rename itself durable
-    except BaseException:
+    except BaseException as exc:
+        failure = None if isinstance(exc, MpigdError) else diskfull.reason(exc)
+        problem = diskfull.error(exc, path, partial, CHECKPOINT) if failure else None
         if os.path.exists(partial):
             os.remove(partial)
+        if problem is not None:
+            raise problem from None
         raise
     return path
 

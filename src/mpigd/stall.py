@@ -3,19 +3,13 @@
 import os
 
 from . import progress
+from .diskfull import resume_command
 from .errors import ExitCode
 from .rundir import CHECKPOINT
 
 
 def _who(rank: int, hosts: list[str]) -> str:
     return f"rank {rank} ({hosts[rank]})"
-
-
-def resume_command(run_dir: str, size: int) -> str:
-    """How to continue: under Slurm a new job, else mpirun."""
-    if "SLURM_JOB_ID" in os.environ:
-        return f"sbatch slurm/train.sbatch --resume {run_dir}"
-    return f"mpirun -n {size} python -m mpigd --resume {run_dir}"
 
 
 def _on_disk(run_dir: str | None) -> int:
