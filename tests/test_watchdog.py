@@ -99,6 +99,8 @@ def _assert_stalled(code, err, seconds, rank, how):
     assert len(lines) == 1, err
     assert f"rank {rank} ({HOST}) did not arrive: {how}" in lines[0], lines[0]
     assert "is intact; continue with `mpirun -n" in lines[0]
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").split("::")[-1].split(" ")[0]
+    print(f"\nfault-table | {test} | {seconds:.1f} s | {code} | {lines[0]}")
     return lines[0]
 
 
@@ -241,6 +243,7 @@ def test_a_partitioned_host_is_named_and_the_job_ends(data, tmp_path, mode):
         assert proc.returncode == 124, err
         assert seconds <= STALL_S + 10, (seconds, err)
         assert lines and "rank 1 (node1) did not arrive: silent for" in lines[0], err
+        print(f"\nfault-table | partition-{mode} | {seconds:.1f} s | {proc.returncode} | {lines[0]}")
     finally:
         _iptables(netns, "-D", _CUT)
         if proc is not None:

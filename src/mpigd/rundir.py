@@ -8,6 +8,7 @@ A run directory holds (rank 0 writes them):
   weights.h5            w in original units, the intercept, the config as attributes
   trace.json            the phases of every rank on one timeline (--trace)
   checkpoint.h5         where an unfinished run stood (checkpoint.py)
+  stalled.txt           the stall watchdog's message, if it ended the run (watchdog.py)
 
 A sweep directory (mpigd.studies) holds sweep.json, comm_model.json and the scaling
 report files next to one run directory per run.
@@ -34,6 +35,7 @@ HISTORY_DIVERGED = "history-diverged.csv"
 WEIGHTS = "weights.h5"
 TRACE = "trace.json"
 CHECKPOINT = "checkpoint.h5"
+STALLED = "stalled.txt"  # the stall watchdog's message, when it ended the run
 
 SWEEP = "sweep.json"
 MODEL = "comm_model.json"

@@ -201,6 +201,17 @@ class Watchdog:
 
     # --- firing ----------------------------------------------------------------------------
 
+    def _note(self, text: str) -> None:
+        """Leave the message in the run directory (stalled.txt): srun reports a job ended by
+        MPI_Abort as tasks Killed (137), and slurm/train.sbatch turns that back into 124."""
+        if self.run_dir:
+            from .rundir import STALLED, write_text
+
+            try:
+                write_text(os.path.join(self.run_dir, STALLED), text + "\n")
+            except Exception:  # noqa: BLE001 - a hung or full disk must not delay the abort
+                pass
+
     def _fire(self, now: float) -> None:
         from .stall import describe
 
@@ -216,6 +227,7 @@ class Watchdog:
             text = describe(states, silent, waited, self.hosts, self.limit(now), self.option_text,
                             self.run_dir, self.size, heard_anyone=bool(live) or not self.peers)
             print(f"mpigd: error: {text}", file=sys.stderr, flush=True)
+            self._note(text)
         else:
             time.sleep(SPEAKER_GRACE_S)  # the speaker's abort normally ends this process first
         end_job()
