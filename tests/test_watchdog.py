@@ -92,13 +92,13 @@ def _train_args(data, out, *extra):
             "--checkpoint-every", EVERY, "--stall-timeout", STALL_S, *extra)
 
 
-def _assert_stalled(code, err, seconds, rank, how):
+def _assert_stalled(code, err, seconds, rank, how, startup=0.0):
+    """`startup`: how much of `seconds` went to starting and loading before the stall."""
     assert code == 124, err
-    assert seconds <= STALL_S + 10, (seconds, err)
+    assert seconds - startup <= STALL_S + 10, (seconds, err)
     lines = [line for line in err.splitlines() if line.startswith("mpigd: error: stalled")]
     assert len(lines) == 1, err
     assert f"rank {rank} ({HOST}) did not arrive: {how}" in lines[0], lines[0]
-    assert "is intact; continue with `mpirun -n" in lines[0]
     test = os.environ.get("PYTEST_CURRENT_TEST", "").split("::")[-1].split(" ")[0]
     print(f"\nfault-table | {test} | {seconds:.1f} s | {code} | {lines[0]}")
     return lines[0]
@@ -134,7 +134,8 @@ def test_a_frozen_rank_ends_the_job_with_one_message(data, tmp_path, mode, froze
         seconds = time.monotonic() - stopped
     finally:
         job.close()
-    _assert_stalled(code, err, seconds, frozen, "silent for")
+    line = _assert_stalled(code, err, seconds, frozen, "silent for")
+    assert "is intact; continue with `mpirun -n 3 python -m mpigd --resume" in line
     _assert_resumes_bitwise(data, out, tmp_path, 3, mode)
 
 
@@ -150,7 +151,8 @@ def test_a_frozen_worker_with_a_dedicated_server(data, tmp_path):
         seconds = time.monotonic() - stopped
     finally:
         job.close()
-    _assert_stalled(code, err, seconds, 2, "silent for")
+    line = _assert_stalled(code, err, seconds, 2, "silent for")
+    assert "is intact; continue with `mpirun -n 3 python -m mpigd --resume" in line
 
 
 @pytest.mark.parametrize("mode", ["server", "allreduce"])
@@ -170,11 +172,23 @@ def test_a_rank_asleep_in_its_map_step_is_named_as_alive_but_computing(data, tmp
     run = mpirun(2, "--resume", out, "--straggler", f"{slow}:600", "--stall-timeout", STALL_S,
                  timeout=STALL_S + 40)
     seconds = time.monotonic() - started
-    line = _assert_stalled(run.returncode, run.stderr, seconds - 5, slow,  # minus start-up and loading
-                           "alive but still in its map step")
+    line = _assert_stalled(run.returncode, run.stderr, seconds, slow,
+                           "alive but still in its map step", startup=5.0)
     assert f"at iteration {before}, is intact" in line
     assert checkpoint.load(out).iteration == before
     _assert_resumes_bitwise(data, out, tmp_path, 2, mode, periodic=False)
+
+
+@pytest.mark.parametrize("mode", ["server", "allreduce"])
+def test_a_rank_stuck_in_the_power_iteration(data, tmp_path, mode):
+    started = time.monotonic()
+    run = mpirun(2, "--data", data, "--iters", 100, "--quiet", "--mode", mode, "--stall-timeout",
+                 STALL_S, out=str(tmp_path / "p"), env={"MPIGD_INJECT_FAULT": "1:power:3"},
+                 timeout=STALL_S + 40)
+    line = _assert_stalled(run.returncode, run.stderr, time.monotonic() - started, 1,
+                           "alive but still in its map step", startup=5.0)
+    assert line.startswith("mpigd: error: stalled at power-iteration pass 3:"), line
+    assert "no checkpoint was written" in line
 
 
 def test_the_default_limit_cannot_fire_in_normal_work():

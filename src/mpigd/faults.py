@@ -1,7 +1,8 @@
 """Fault injection for the failure tests: make one chosen rank raise at a chosen place.
 
 Set MPIGD_INJECT_FAULT=RANK:PLACE[:ITERATION], PLACE being `load` (while reading the
-data) or `loop` (after the given iteration of training, default 0). Unset, this costs a
+data) or `loop` (after the given iteration of training, default 0); `power` makes the
+rank hang (sleep) in the given pass of the power iteration (stepsize.py). Unset, this costs a
 dictionary lookup at start-up and nothing in the loop.
 """
 
