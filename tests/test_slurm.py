@@ -54,11 +54,11 @@ def _installed(packages):
     return proc.returncode == 0 and proc.stdout.count("install ok installed") == len(packages)
 
 
-def _install():
-    if _installed(PACKAGES):
+def _install(packages=PACKAGES):
+    if _installed(packages):
         return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    argv = ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES]
+    argv = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
     if _run(argv, timeout=600, check=False, env=env).returncode != 0:
         _run(["apt-get", "update"], timeout=600, env=env)  # stale package lists
         _run(argv, timeout=600, env=env)

@@ -33,6 +33,7 @@ from mpigd.cluster import Cluster, down
 from test_slurm import PACKAGES, SLURM_SCRIPTS, TIMEOUT, _install, _run, _stop, start_munged
 
 NODES = 4
+CLUSTER_PACKAGES = ("iproute2", "iptables", "util-linux", "mount")  # as .ci/run
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
@@ -133,7 +134,8 @@ def _start(nodes, started, conf, env):
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory):
-    _install()
+    # Slurm, and what the emulated hosts need (ip, tc, iptables, ebtables, nsenter).
+    _install(PACKAGES + CLUSTER_PACKAGES)
     directory = tmp_path_factory.mktemp("slurmnodes")
     for sub in ("state", "work"):
         (directory / sub).mkdir()
@@ -158,9 +160,7 @@ def nodes(tmp_path_factory):
         _start(cluster, started, conf, env)
         yield cluster
         if os.environ.get("MPIGD_SLURM_NODES_SACCT_OUT"):  # the jobs it ran, for a report
-            Path(os.environ["MPIGD_SLURM_NODES_SACCT_OUT"]).write_text(cluster.run(
-                "sacct", "-c", "-o", "JobID,JobName%20,NNodes,NodeList%12,NCPUS,State,ExitCode",
-                check=False).stdout)
+            Path(os.environ["MPIGD_SLURM_NODES_SACCT_OUT"]).write_text(_report(cluster))
         cluster.run("scancel", "--user=root", check=False)
         deadline = time.monotonic() + 60
         while cluster.run("squeue", "-h", check=False).stdout.strip() and time.monotonic() < deadline:
@@ -170,6 +170,21 @@ def nodes(tmp_path_factory):
             _stop(proc, daemon)
         down(name, root)  # and anything the daemons left inside the hosts
         shutil.rmtree(munge_dir, ignore_errors=True)
+
+
+def _report(cluster) -> str:
+    """sacct's lines, each training run's placement and the sweep's table."""
+    lines = [cluster.run("sacct", "-c", "-o", "JobID,JobName%20,NNodes,NodeList%12,NCPUS,State,"
+                         "ExitCode", check=False).stdout]
+    for path in sorted((cluster.workdir / "runs").glob("*/result.json")):
+        result = json.loads(path.read_text())
+        hosts = [p["host"] for p in result["per_rank"]]
+        lines.append(f"runs/{path.parent.name}: job_nodelist {result['slurm']['job_nodelist']}, "
+                     f"per_rank hosts {hosts}, placement {json.dumps(result['placement'])}")
+    table = cluster.workdir / "sweep" / "scaling.txt"
+    if table.exists():
+        lines.append(table.read_text())
+    return "\n".join(lines) + "\n"
 
 
 @pytest.fixture(scope="module")

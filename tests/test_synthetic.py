@@ -68,3 +68,26 @@ def test_memory_stays_at_one_block(tmp_path):
     assert file_mb > 600
     assert traced_mb < 120, f"generator held {traced_mb} MB of arrays for a {file_mb} MB file"
     assert rss_mb < 250, f"generator peaked at {rss_mb} MB RSS for a {file_mb} MB file"
+
+
+def test_condition_sets_the_condition_number_of_xtx(tmp_path):
+    # --condition K: cond(X^T X) within a factor 2 of K (Z^T Z's own spread is ~(1+sqrt(d/n))^2 /
+    # (1-sqrt(d/n))^2 ~ 1.3 here); blocks stay seeded by (seed, block), so the file is reproducible.
+    for condition in (1e2, 1e4):
+        out = tmp_path / f"c{condition:g}.h5"
+        proc = python_m("generate", "--rows", 6000, "--features", 12, "--seed", 4, "--noise", 0,
+                        "--condition", condition, "--out", out)
+        assert proc.returncode == 0, proc.stderr
+        data, attrs = _datasets(out)
+        measured = np.linalg.cond(data["X"].T @ data["X"])
+        assert condition / 2 < measured < condition * 2, (condition, measured)
+        assert attrs["condition"] == condition
+        assert np.allclose(data["X"] @ data["w_true"], data["y"])  # noise 0: y = X w_true
+    plain = tmp_path / "plain.h5"
+    assert python_m("generate", "--rows", 6000, "--features", 12, "--seed", 4, "--noise", 0,
+                    "--out", plain).returncode == 0
+    assert np.linalg.cond(_datasets(plain)[0]["X"].T @ _datasets(plain)[0]["X"]) < 2
+    assert "condition" not in _datasets(plain)[1]
+    bad = python_m("generate", "--rows", 10, "--features", 2, "--condition", 0.5,
+                   "--out", tmp_path / "bad.h5")
+    assert bad.returncode == 2 and "--condition must be" in bad.stderr

@@ -44,10 +44,14 @@ def fit_hockney(nbytes, seconds) -> tuple[float, float]:
         return float(np.sum(1 / t) / np.sum(1 / t**2)), 0.0
     a = np.column_stack([1 / t, n / t])
     alpha, beta = np.linalg.lstsq(a, np.ones_like(t), rcond=None)[0]
-    if alpha < 0:      # the data say "no measurable latency": fit the slope alone
-        alpha, beta = 0.0, np.sum(n / t) / np.sum((n / t) ** 2)
-    elif beta < 0:     # no measurable bandwidth term in this size range
-        alpha, beta = np.sum(1 / t) / np.sum(1 / t**2), 0.0
+    if alpha < 0 or beta < 0:
+        # One term came out negative (noise on a loaded machine does this to a few
+        # latency-bound sizes): keep whichever one-term line explains the data better,
+        # rather than always dropping the latency, which the trainer's messages live on.
+        latency_only = (np.sum(1 / t) / np.sum(1 / t**2), 0.0)
+        slope_only = (0.0, np.sum(n / t) / np.sum((n / t) ** 2))
+        alpha, beta = min((latency_only, slope_only), key=lambda ab: float(
+            np.sum(_relative_errors(n, t, *ab) ** 2)))
     return float(alpha), float(beta)
 
 
