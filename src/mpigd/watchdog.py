@@ -149,7 +149,10 @@ class Watchdog:
                 if self._stalled(now):
                     self._fire(now)
                     return
-            readable, _, _ = select.select([self.sock], [], [], max(0.0, due - time.monotonic()))
+            try:
+                readable, _, _ = select.select([self.sock], [], [], max(0.0, due - time.monotonic()))
+            except (OSError, ValueError):  # stop() closed the socket under a late thread
+                return
             if readable:
                 self._drain()
 
