@@ -43,10 +43,11 @@ def _size(path: str) -> int:
         return 0
 
 
-def error(exc: BaseException, path: str, partial: str, checkpoint_name: str) -> MpigdError:
+def error(exc: BaseException, path: str, partial: str, checkpoint_name: str,
+          size: int = 0) -> MpigdError:
     """The MpigdError (exit code DISK) for a storage failure while writing `path`."""
     directory = os.path.dirname(os.path.abspath(path))
-    needed = max(_size(partial), _size(path))
+    needed = max(_size(partial), _size(path), size)  # what was written, the old file, the text
     try:
         free = shutil.disk_usage(directory).free
     except OSError:

@@ -50,7 +50,7 @@ def _fsync_path(path: str) -> None:
         os.close(descriptor)
 
 
-def atomic_write(path: str, write: Callable[[str], None]) -> str:
+def atomic_write(path: str, write: Callable[[str], None], size: int = 0) -> str:
     """Create `path` atomically: `write(partial_path)` fills a temporary file, then rename.
 
     The temporary file is removed if anything fails (including KeyboardInterrupt), so no
@@ -65,7 +65,7 @@ def atomic_write(path: str, write: Callable[[str], None]) -> str:
         _fsync_path(directory)  # make the rename itself durable
     except BaseException as exc:
         failure = None if isinstance(exc, MpigdError) else diskfull.reason(exc)
-        problem = diskfull.error(exc, path, partial, CHECKPOINT) if failure else None
+        problem = diskfull.error(exc, path, partial, CHECKPOINT, size) if failure else None
         if os.path.exists(partial):
             os.remove(partial)
         if problem is not None:
@@ -80,7 +80,7 @@ def write_text(path: str, text: str) -> str:
         with open(partial, "w", newline="") as handle:
             handle.write(text)
 
-    return atomic_write(path, write)
+    return atomic_write(path, write, len(text.encode()))
 
 
 def write_json(path: str, payload, default: Callable | None = None) -> str:
