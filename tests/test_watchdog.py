@@ -230,8 +230,10 @@ def _iptables(netns, action, rules):
 
 
 @pytest.mark.parametrize("mode", ["server", "allreduce"])
-def test_a_partitioned_host_is_named_and_the_job_ends(data, tmp_path, mode):
-    """Every packet from and to node1 dropped by iptables inside node1's namespace."""
+@pytest.mark.parametrize("fault", ["partition", "sigstop"])
+def test_a_partitioned_or_frozen_host_is_named_and_the_job_ends(data, tmp_path, mode, fault):
+    """Every packet from and to node1 dropped by iptables inside node1's namespace; or
+    node1's rank frozen by SIGSTOP."""
     import sys
 
     from mpigd.cluster import Cluster, down
@@ -248,7 +250,10 @@ def test_a_partitioned_host_is_named_and_the_job_ends(data, tmp_path, mode):
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
         _wait_for(lambda: os.path.exists(os.path.join(out, "checkpoint.h5")), 120, "a checkpoint")
-        _iptables(netns, "-A", _CUT)
+        if fault == "partition":
+            _iptables(netns, "-A", _CUT)
+        else:
+            os.kill(_wait_for(lambda: _rank_pid(token, 1), 10, "rank 1"), signal.SIGSTOP)
         cut = time.monotonic()
         _, err = proc.communicate(timeout=STALL_S + 40)
         _wait_for(lambda: not tagged_processes(token), STALL_S + 10, "every rank to end")
@@ -257,9 +262,10 @@ def test_a_partitioned_host_is_named_and_the_job_ends(data, tmp_path, mode):
         assert proc.returncode == 124, err
         assert seconds <= STALL_S + 10, (seconds, err)
         assert lines and "rank 1 (node1) did not arrive: silent for" in lines[0], err
-        print(f"\nfault-table | partition-{mode} | {seconds:.1f} s | {proc.returncode} | {lines[0]}")
+        print(f"\nfault-table | {fault}-node1-{mode} | {seconds:.1f} s | {proc.returncode} | {lines[0]}")
     finally:
-        _iptables(netns, "-D", _CUT)
+        if fault == "partition":
+            _iptables(netns, "-D", _CUT)
         if proc is not None:
             _end(proc, token)
         down(name, root)
