@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-from . import __version__, rundir
+from . import __version__, progress, rundir
 from .errors import MpigdError
 from .stepsize import StepSize
 
@@ -116,10 +116,16 @@ class Saver:
     def save(self, iteration: int, w: np.ndarray, loss: np.ndarray, grad_norm: np.ndarray) -> str:
         """Write w_iteration and the history before it; counted and timed for result.json."""
         began = time.perf_counter()
-        path = save(self.run_dir, Checkpoint(
-            iteration=iteration, w=w.copy(), loss=loss, grad_norm=grad_norm, step=self.step,
-            config=self.config, fingerprint=self.fingerprint, ranks=self.ranks,
-            method_state=self.method_state() if self.method_state else None))
+        stage = progress.STATE[progress.STAGE]
+        progress.enter(progress.SAVING, iteration)  # the watchdog waits longer meanwhile
+        try:
+            path = save(self.run_dir, Checkpoint(
+                iteration=iteration, w=w.copy(), loss=loss, grad_norm=grad_norm, step=self.step,
+                config=self.config, fingerprint=self.fingerprint, ranks=self.ranks,
+                method_state=self.method_state() if self.method_state else None))
+        finally:
+            progress.enter(stage, iteration)
+        progress.saved(iteration)
         self.count += 1
         self.seconds += time.perf_counter() - began
         return path

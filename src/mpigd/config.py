@@ -77,6 +77,7 @@ class TrainConfig:
     test_data: str | None = None     # another HDF5 file with the same features, evaluated
     eval_every: int = 0              # held-out/test loss every K iterations; 0 = at the end only
     reference: str | None = None     # "exact": w* by distributed normal equations
+    stall_timeout: float | None = None  # watchdog limit (s); None = default rule, 0 = off
 
     def to_dict(self) -> dict:
         """Plain JSON/HDF5-attribute values, as the options are spelled on the command line."""
@@ -89,7 +90,7 @@ class TrainConfig:
 FIELDS = {f.name: f for f in fields(TrainConfig)}
 _BOOLEAN = {"force", "dedicated_server", "standardize", "intercept", "quiet", "trace"}
 _INTEGER = {"iters", "threads", "seed", "checkpoint_every"}
-_FLOAT = {"tol", "jitter"}
+_FLOAT = {"tol", "jitter", "stall_timeout"}
 _STRING = {"data", "x_dataset", "y_dataset", "out", "dtype", "straggler", "mode", "kernel"}
 _FLOAT |= {"holdout"}  # the real-data options (issue 13)
 _INTEGER |= {"holdout_seed", "eval_every"}
@@ -99,7 +100,8 @@ _STRING |= {"test_data", "reference"}
 # --iters 1e12 must be refused, not met with a MemoryError. Longer runs chain --resume.
 MAX_ITERS = 10**7
 RESUME_OVERRIDABLE = {"iters", "tol", "quiet", "threads", "straggler", "jitter", "trace",
-                      "checkpoint_every", "mode", "dedicated_server", "force", "kernel"}
+                      "checkpoint_every", "mode", "dedicated_server", "force", "kernel",
+                      "stall_timeout"}
 
 # --- methods (issue 14) ---
 METHODS = ("gd", "momentum", "cg", "sgd")
@@ -281,6 +283,11 @@ def validate(config: TrainConfig) -> TrainConfig:
     config.kernel = kernel_setting(config.kernel)
     _validate_method(config)
     _validate_evaluation(config)
+    if config.stall_timeout is not None:
+        config.stall_timeout = _number(config.stall_timeout, "--stall-timeout")
+        if not config.stall_timeout >= 0:
+            raise MpigdError(f"--stall-timeout must be >= 0 seconds (0 = no watchdog), got "
+                             f"{config.stall_timeout}")
     for name in ("x_dataset", "y_dataset"):
         if not getattr(config, name):
             raise MpigdError(f"{_option(name)} must not be empty")

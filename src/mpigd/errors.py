@@ -14,6 +14,7 @@ class ExitCode(IntEnum):
     OK = 0
     BUG = 1            # an unexpected exception on some rank: traceback, then MPI_Abort
     USAGE = 2          # one `mpigd: error:` line: fix the input or the options
+    DISK = 74          # a write failed: disk full, quota, I/O error (EX_IOERR of sysexits.h)
     STALLED = 124      # the stall watchdog: some rank stopped answering (like timeout(1))
     TERMINATED = 143   # SIGTERM: stopped at an iteration boundary, checkpoint written
 

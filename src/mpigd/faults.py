@@ -2,7 +2,8 @@
 
 Set MPIGD_INJECT_FAULT=RANK:PLACE[:ITERATION], PLACE being `load` (while reading the
 data), `loop` (after the given iteration of training, default 0) or `generate`
-(a rank of a parallel `generate`, after writing its part file). Unset, this costs a
+(a rank of a parallel `generate`, after writing its part file); `power` makes the
+rank hang (sleep) in the given pass of the power iteration (stepsize.py). Unset, this costs a
 dictionary lookup at start-up and nothing in the loop.
 """
 

@@ -84,6 +84,10 @@ def _train_parser(sub):
                    help="gradient kernel: blas, numba (the fused one-pass kernel, extra `fast`) or "
                    "auto (numba for shards of 256 MB and more) [$MPIGD_KERNEL, else auto]")
     _evaluation_arguments(p)
+    p.add_argument("--stall-timeout", metavar="SECONDS",
+                   help="end the job (exit 124, one message naming the silent rank) when no "
+                   "iteration completes for SECONDS; 0 = never [the larger of 60 s and 10 x "
+                   "the slowest iteration; 10 x longer while loading or writing]")
     p.add_argument("--resume", metavar="DIR",
                    help="continue the run in DIR from its checkpoint (data and options come "
                    "from the checkpoint; --iters, --tol and a few others may be changed)")

@@ -20,7 +20,7 @@ import numpy as np
 from mpi4py import MPI
 
 from . import (__version__, checkpoint, clocks, data, evaluation, faults, generate_parallel, methods,
-               rundir, stepsize, synthetic, trace)
+               progress, rundir, stepsize, synthetic, trace, watchdog)
 from .methods import loop as method_loop
 from .comm import agreed
 from .config import Mode, TrainConfig
@@ -82,7 +82,9 @@ def run(config: TrainConfig, comm: MPI.Comm = MPI.COMM_WORLD,
     run_dir, fresh = _open_run_dir(config, comm, resume)
     try:
         # SIGTERM while loading is honoured too: the flag waits for the first iteration.
-        with on_sigterm(StopRequest()) as stop, blas_threads(config.threads, comm.size) as threads:
+        with on_sigterm(StopRequest()) as stop, blas_threads(config.threads, comm.size) as threads, \
+                watchdog.watching(comm, config.stall_timeout, run_dir,
+                                  resume.iteration if resume else None):
             straggler = config.straggler
             delay = straggler.seconds if straggler and straggler.rank == comm.rank else 0.0
             if config.jitter:
@@ -203,6 +205,7 @@ class _AfterIteration:
         self.fault = faults.planned(self.rank)
 
     def __call__(self, t: int, w: np.ndarray) -> None:
+        progress.step(t + 1)  # the watchdog's sign of life: iteration t is done
         if self.watch is not None:
             self.watch(t, w, self.rules)  # collective when it evaluates held-out rows
         if self.root:
@@ -241,9 +244,11 @@ def descend(job: Job, prepared: Prepared, step: StepSize):
     # Overflow is detected (rules.decide checks loss and |g| every iteration) and reported
     # as divergence: numpy's own warnings would only add noise to that one message.
     before = clocks.measure(job.comm)
+    progress.enter(progress.LOOP, rules.start)
     with np.errstate(over="ignore", invalid="ignore"):
         trajectory = loop(job.comm, prepared.shard, w0, step.lr, rules, straggle_s=job.straggle_s,
                           stop=job.stop, on_iteration=_AfterIteration(job, rules, saver, prepared.watch))
+    progress.enter(progress.FINISHING)
     after = clocks.measure(job.comm)
     trajectory.method, trajectory.setup_rounds = method, setup
     return saver, trajectory, (clocks.Alignment(before, after) if before is not None else None)
