@@ -16,9 +16,10 @@ from .errors import MpigdError
 # Row blocks for the NaN/Inf scan: big enough to amortize numpy's call overhead, small
 # enough that the boolean scratch stays a few MB whatever the shard size.
 _SCAN_BYTES = 4 << 20
-# Blocks of the load's read: small enough to be still in cache (L2/L3) when they are
-# checked and summed, big enough that the per-read cost of HDF5 stays small.
+# Blocks of the load's read: big enough that the per-read cost of HDF5 stays small; each
+# is then checked and summed in L2-sized parts.
 _BLOCK_BYTES = 8 << 20
+_SCAN_PART_BYTES = 512 << 10  # a part of a block that stays in L2 between its two scans
 
 
 def block_range(n, parts, index):
@@ -183,8 +184,8 @@ def load_shard(h5file, info, lo, hi, dtype):
     """(X, y, local checksum) of rows [lo, hi): read, checked for NaN/Inf and summed in one pass.
 
     X is read straight into its preallocated array, block by block (about _BLOCK_BYTES,
-    whole HDF5 chunks), and each block is checked and added to the checksum while it is
-    still in cache (see scan.py). HDF5 converts the type as it reads, so a float32 file
+    whole HDF5 chunks), and each block is checked and added to the checksum in parts
+    small enough to stay in L2 for both (see scan.py). HDF5 converts the type as it reads, so a float32 file
     read as float64 (or the reverse) never holds a second full-size copy. The checksum is
     this rank's part of checkpoint.data_checksum; a NaN or Inf raises check_finite's error.
     """
@@ -198,9 +199,14 @@ def load_shard(h5file, info, lo, hi, dtype):
     with np.errstate(over="ignore"):  # the checksum is modulo 2^64 on purpose
         finite = scan.all_finite(y)
         total = scan.weighted_sum(y, lo) * np.uint64(3)
-        for a, b, block in _blocks(h5file[info.x_name], X, lo):
-            finite = scan.all_finite(block) and finite
-            total += scan.weighted_sum(block, (lo + a) * d)
+        for a, _, block in _blocks(h5file[info.x_name], X, lo):
+            # A large read does not leave its block in cache, so the block is scanned in
+            # parts that fit L2: the float sum brings a part in, the checksum finds it there.
+            step = max(1, _SCAN_PART_BYTES // max(1, d * X.itemsize))
+            for s in range(0, len(block), step):
+                part = block[s : s + step]
+                finite = scan.all_finite(part) and finite
+                total += scan.weighted_sum(part, (lo + a + s) * d)
     if not finite:
         check_finite(X, y, first_row=lo)
     return X, y, int(total)
