@@ -39,7 +39,7 @@ def load_case(work, rows_bytes, features, repeat):
     try:
         for fn in timed.values():
             fn(path, 0, rows)  # warm: page cache, imports
-        for _ in range(max(3, repeat)):
+        for _ in range(max(5, repeat)):  # a read is short and noisy: at least 5 rounds
             for name, fn in timed.items():
                 started = time.perf_counter()
                 loaded = fn(path, 0, rows)
