@@ -159,9 +159,7 @@ def nodes(tmp_path_factory):
         _start(cluster, started, conf, env)
         yield cluster
         if os.environ.get("MPIGD_SLURM_NODES_SACCT_OUT"):  # the jobs it ran, for a report
-            Path(os.environ["MPIGD_SLURM_NODES_SACCT_OUT"]).write_text(cluster.run(
-                "sacct", "-c", "-o", "JobID,JobName%20,NNodes,NodeList%12,NCPUS,State,ExitCode",
-                check=False).stdout)
+            Path(os.environ["MPIGD_SLURM_NODES_SACCT_OUT"]).write_text(_report(cluster))
         cluster.run("scancel", "--user=root", check=False)
         deadline = time.monotonic() + 60
         while cluster.run("squeue", "-h", check=False).stdout.strip() and time.monotonic() < deadline:
@@ -171,6 +169,21 @@ def nodes(tmp_path_factory):
             _stop(proc, daemon)
         down(name, root)  # and anything the daemons left inside the hosts
         shutil.rmtree(munge_dir, ignore_errors=True)
+
+
+def _report(cluster) -> str:
+    """sacct's lines, each training run's placement and the sweep's table."""
+    lines = [cluster.run("sacct", "-c", "-o", "JobID,JobName%20,NNodes,NodeList%12,NCPUS,State,"
+                         "ExitCode", check=False).stdout]
+    for path in sorted((cluster.workdir / "runs").glob("*/result.json")):
+        result = json.loads(path.read_text())
+        hosts = [p["host"] for p in result["per_rank"]]
+        lines.append(f"runs/{path.parent.name}: job_nodelist {result['slurm']['job_nodelist']}, "
+                     f"per_rank hosts {hosts}, placement {json.dumps(result['placement'])}")
+    table = cluster.workdir / "sweep" / "scaling.txt"
+    if table.exists():
+        lines.append(table.read_text())
+    return "\n".join(lines) + "\n"
 
 
 @pytest.fixture(scope="module")

@@ -1,3 +1,4 @@
+import json
 """The trainer under real `mpirun`: numbers against serial numpy, outputs, attribution."""
 
 import csv
@@ -158,6 +159,11 @@ def test_default_main_job(tmp_path):
     assert "generated the default data set" in first.stdout and "results:" in first.stdout
     runs = [p for p in os.listdir(tmp_path / "runs") if p != "default-data"]
     assert len(runs) == 1
+    # The demo must show training, not 4 iterations of a trivial problem, and converge at
+    # the default --iters.
+    with open(tmp_path / "runs" / runs[0] / "result.json") as handle:
+        result = json.load(handle)
+    assert result["stop_reason"] == "converged" and 300 < result["iterations"] < 1000, result
     second = mpirun(2, "--quiet", cwd=tmp_path)
     assert second.returncode == 0 and "generated" not in second.stdout, second
     assert len(os.listdir(tmp_path / "runs")) == 3

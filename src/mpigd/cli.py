@@ -15,6 +15,8 @@ _HANDLERS = {
     "train": ("mpigd.train_cli", "command"),
     "generate": ("mpigd.synthetic", "command"),
     "import": ("mpigd.importer", "command"),
+    "predict": ("mpigd.predict", "command"),
+    "solve": ("mpigd.solve_cli", "command"),
     "cluster": ("mpigd.cluster.cli", "command"),
     "scale": ("mpigd.studies.commands", "scale"),
     "scale-report": ("mpigd.studies.commands", "scale_report"),

@@ -47,7 +47,7 @@ class TrainConfig:
     data: str | None = None          # HDF5 input; None = the embedded synthetic default
     x_dataset: str = "X"
     y_dataset: str = "y"
-    iters: int = 200                 # maximum number of updates
+    iters: int = 1000                # maximum number of updates
     lr: float | Literal["auto"] = "auto"  # step size, or "auto" = 1 / lambda_max(X^T X)
     tol: float = 1e-6                # stop when ||g_t|| <= tol * ||g_0||; 0 = never
     out: str | None = None           # run directory; None = runs/<timestamp>
@@ -64,6 +64,12 @@ class TrainConfig:
     trace: bool = False              # write trace.json (Chrome trace events)
     checkpoint_every: int = 0        # write checkpoint.h5 every K iterations; 0 = never
     kernel: str | None = None        # auto, blas or numba; None = $MPIGD_KERNEL, else auto
+    # Real data (issue 13): held-out rows, a test file, the exact answer for reference.
+    holdout: float = 0.0             # fraction of rows kept out of training (holdout.py's rule)
+    holdout_seed: int = 0            # seed of that rule
+    test_data: str | None = None     # another HDF5 file with the same features, evaluated
+    eval_every: int = 0              # held-out/test loss every K iterations; 0 = at the end only
+    reference: str | None = None     # "exact": w* by distributed normal equations
 
     def to_dict(self) -> dict:
         """Plain JSON/HDF5-attribute values, as the options are spelled on the command line."""
@@ -78,6 +84,9 @@ _BOOLEAN = {"force", "dedicated_server", "standardize", "intercept", "quiet", "t
 _INTEGER = {"iters", "threads", "seed", "checkpoint_every"}
 _FLOAT = {"tol"}
 _STRING = {"data", "x_dataset", "y_dataset", "out", "dtype", "straggler", "mode", "kernel"}
+_FLOAT |= {"holdout"}  # the real-data options (issue 13)
+_INTEGER |= {"holdout_seed", "eval_every"}
+_STRING |= {"test_data", "reference"}
 # What a resumed run may change: everything else would make it a different computation.
 # StopRules and the phase clocks hold (iters x phases) arrays on every rank: a typo like
 # --iters 1e12 must be refused, not met with a MemoryError. Longer runs chain --resume.
@@ -228,7 +237,30 @@ def validate(config: TrainConfig) -> TrainConfig:
     if config.straggler is not None:
         config.straggler = parse_straggler(config.straggler)
     config.kernel = kernel_setting(config.kernel)
+    _validate_evaluation(config)
     for name in ("x_dataset", "y_dataset"):
         if not getattr(config, name):
             raise MpigdError(f"{_option(name)} must not be empty")
     return config
+
+
+def _validate_evaluation(config: TrainConfig) -> None:
+    """--holdout, --holdout-seed, --test-data, --eval-every, --reference (issue 13)."""
+    fraction = _number(config.holdout, "--holdout", hint=" (a fraction like 0.2)")
+    if not 0 <= fraction < 1:
+        raise MpigdError(f"--holdout must be a fraction in [0, 1) of the rows to keep out of "
+                         f"training, e.g. 0.2; got {config.holdout}")
+    config.holdout = fraction
+    config.holdout_seed = _number(config.holdout_seed, "--holdout-seed", int)
+    if config.holdout_seed < 0:
+        raise MpigdError(f"--holdout-seed must be >= 0, got {config.holdout_seed}")
+    config.eval_every = _number(config.eval_every, "--eval-every", int)
+    if config.eval_every < 0:
+        raise MpigdError(f"--eval-every must be >= 0 (0 = at the end only), got {config.eval_every}")
+    if config.eval_every and not (config.holdout or config.test_data):
+        raise MpigdError("--eval-every evaluates held-out rows: give --holdout FRACTION or "
+                         "--test-data FILE.h5 too")
+    if config.reference not in (None, "", "none", "exact"):
+        raise MpigdError(f"--reference must be exact (or none), got {config.reference!r}")
+    config.reference = "exact" if config.reference == "exact" else None
+    config.test_data = config.test_data or None

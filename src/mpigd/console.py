@@ -6,6 +6,7 @@ Files are written elsewhere (rundir.py, result.py); this module only prints.
 import sys
 import time
 
+from . import features, metrics
 from .placement import notes
 from .result import Result
 from .timing import PHASES
@@ -60,10 +61,31 @@ def summary(result: Result) -> str:
         share = 100 * stats.mean_s / wall if wall > 0 else 0.0
         lines.append(f"  {name:<9} {stats.mean_s:>10.4f} {stats.max_s:>10.4f} {share:>6.1f}%")
     lines.append(f"  imbalance (max/mean compute): {r.imbalance:.3f}")
+    lines += [f"  {line}" if line else "" for line in _fit(r)]
     lines += [f"  {line}" for line in _not_converged(r)]
     if r.placement:
         lines += [f"  note: {line}" for line in notes(r.placement, r.ranks)]
     return "\n".join(lines)
+
+
+def _fit(r: Result) -> list[str]:
+    """How well the final w fits (train/holdout/test), how far it is from w*, its largest weights."""
+    lines = []
+    if r.metrics:
+        lines += ["", "fit of the final w (original units):"]
+        lines += [f"  {metrics.line(name, r.metrics[name])}" for name in ("train", "holdout", "test")
+                  if name in r.metrics]
+    if r.reference:
+        ref = r.reference
+        lines.append(f"exact w* ({ref['method']}, one Reduce of {ref['reduce_bytes']} bytes): "
+                     f"|w - w*|/|w*| {ref['final_w_relative_error']:.3e}   "
+                     f"L(w) - L(w*) {ref['final_suboptimality']:.3e}")
+        if ref["method"] != "cholesky":
+            lines.append(f"  note: {ref['note']}")
+    if r.weights:
+        scale = r.preprocessing.feature_scale if r.preprocessing and r.preprocessing.standardize else None
+        lines += [""] + features.largest(r.weights, scale)
+    return lines
 
 
 def _not_converged(r: Result) -> list[str]:
@@ -84,6 +106,9 @@ def quiet_summary(result: Result) -> str:
     """The one line of --quiet (and a warning line if the run was oversubscribed)."""
     line = (f"mpigd: {result.stop_reason} after {result.iterations} iterations, "
             f"final loss {result.final_loss:.9e}, {result.wall_s:.3f} s")
+    held = {k: v for k, v in (result.metrics or {}).items() if k in ("holdout", "test")}
+    line += "".join(f", {name} R² {found['r2']:.6g}" for name, found in held.items()
+                    if found.get("r2") is not None)
     over = [n for n in notes(result.placement, result.ranks) if n.startswith("oversubscribed")] \
         if result.placement else []
     warning = _not_converged(result)[:1]

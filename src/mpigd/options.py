@@ -13,7 +13,7 @@ from .cluster import cli as cluster_cli
 from .config import KERNELS
 from .errors import MpigdError, launcher_rank
 
-COMMANDS = ("train", "generate", "import", "cluster", "scale", "scale-report", "bench-comm", "plot", "bench")
+COMMANDS = ("train", "generate", "import", "predict", "solve", "cluster", "scale", "scale-report", "bench-comm", "plot", "bench")
 
 
 def comma_list(text: str, cast, option: str, example: str) -> list:
@@ -52,7 +52,7 @@ def _train_parser(sub):
     p.add_argument("--data", metavar="FILE.h5", help="input HDF5 file (default: generate a synthetic one)")
     p.add_argument("--x-dataset", metavar="NAME", help="name of the (n, d) features dataset [X]")
     p.add_argument("--y-dataset", metavar="NAME", help="name of the (n,) or (n, 1) targets dataset [y]")
-    p.add_argument("--iters", metavar="K", help="maximum number of updates [200]")
+    p.add_argument("--iters", metavar="K", help="maximum number of updates [1000]")
     p.add_argument("--lr", metavar="auto|FLOAT",
                    help="step size; auto = 1/lambda_max(X^T X) by power iteration [auto]")
     p.add_argument("--tol", metavar="T", help="stop when ||g_t|| <= T ||g_0||; 0 never stops early [1e-6]")
@@ -80,9 +80,65 @@ def _train_parser(sub):
     p.add_argument("--kernel", choices=KERNELS,
                    help="gradient kernel: blas, numba (the fused one-pass kernel, extra `fast`) or "
                    "auto (numba for shards of 256 MB and more) [$MPIGD_KERNEL, else auto]")
+    _evaluation_arguments(p)
     p.add_argument("--resume", metavar="DIR",
                    help="continue the run in DIR from its checkpoint (data and options come "
                    "from the checkpoint; --iters, --tol and a few others may be changed)")
+    return p
+
+
+def _evaluation_arguments(p):
+    """Held-out rows, a test file and the exact answer (issue 13), for train."""
+    p.add_argument("--holdout", metavar="FRACTION",
+                   help="keep this fraction of rows out of training and report the fit on them; "
+                   "row i is held out by a hash of i and --holdout-seed, whatever the rank count [0]")
+    p.add_argument("--holdout-seed", metavar="S", help="seed of the --holdout rule [0]")
+    p.add_argument("--test-data", metavar="FILE.h5",
+                   help="also report the fit on this file (the same features as --data)")
+    p.add_argument("--eval-every", metavar="K",
+                   help="held-out/test loss every K iterations in history.csv (untimed) [0 = at the end]")
+    p.add_argument("--reference", choices=("exact", "none"),
+                   help="exact: w* by distributed normal equations; history.csv gets "
+                   "|w_t - w*|/|w*| and L(w_t) - L(w*) [none]")
+
+
+def _predict_parser(sub):
+    p = sub.add_parser(
+        "predict", help="predictions of a trained run for new rows (HDF5, CSV or Parquet)",
+        description="Apply the weights of RUN_DIR (original units: the standardization is folded "
+        "in) to the rows of --data, encoded as at import for a raw CSV/Parquet table (one-hot "
+        "categories; an unseen category is an error that names it). Under `mpirun -n M` every "
+        "rank predicts its share of the rows; rank 0 writes them in input order, atomically. "
+        "With the target in --data it also prints RMSE, MAE and R².",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a completed training run (weights.h5, result.json)")
+    p.add_argument("--data", required=True, metavar="FILE",
+                   help="rows to predict: HDF5 with X (as trained), or a CSV/Parquet table")
+    p.add_argument("--out", required=True, metavar="PREDS.csv", help="the CSV to write (row,prediction[,target])")
+    p.add_argument("--delimiter", metavar="CHAR", help="CSV field separator [auto]")
+    p.add_argument("--block-mb", type=float, default=1.0, metavar="MB",
+                   help="MiB of CSV per block; blocks are shared out to the ranks [1]")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--quiet", action="store_true", help="print nothing on success")
+    return p
+
+
+def _solve_parser(sub):
+    p = sub.add_parser(
+        "solve", help="the exact least-squares w* by distributed normal equations",
+        description="Under `mpirun -n M`: every rank forms X_k^T X_k and X_k^T y_k over its rows, "
+        "one Reduce of d^2 + d numbers sums them, rank 0 solves by Cholesky (lstsq when X^T X "
+        "is rank-deficient, and says so). Prints w* by feature name, the loss, the time and the "
+        "bytes communicated next to what one iteration of gradient descent moves.",
+    )
+    p.add_argument("--data", required=True, metavar="FILE.h5", help="input HDF5 file (X, y)")
+    p.add_argument("--x-dataset", default="X", metavar="NAME", help="features dataset [X]")
+    p.add_argument("--y-dataset", default="y", metavar="NAME", help="targets dataset [y]")
+    p.add_argument("--intercept", action="store_true", help="fit a bias term")
+    p.add_argument("--holdout", default=0.0, metavar="FRACTION",
+                   help="leave out the rows `train --holdout` leaves out (same rule) [0]")
+    p.add_argument("--holdout-seed", default=0, metavar="S", help="seed of the --holdout rule [0]")
+    p.add_argument("--out", metavar="FILE.json", help="also write w*, the loss and the costs as JSON")
     return p
 
 
@@ -301,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _generate_parser(sub)
     _import_parser(sub)
+    _predict_parser(sub)
+    _solve_parser(sub)
     cluster_cli.add_parser(sub)  # the emulated cluster owns its own command tree
     _scale_parser(sub)
     _scale_report_parser(sub)

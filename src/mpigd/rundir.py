@@ -118,18 +118,22 @@ def choose_run_dir(out: str | None, force: bool) -> str:
 
 
 def write_history(path: str, loss: np.ndarray, grad_norm: np.ndarray, seconds: np.ndarray,
-                  phases: tuple[str, ...], first_timed: int = 0) -> str:
+                  phases: tuple[str, ...], first_timed: int = 0,
+                  extra: "dict[str, np.ndarray] | None" = None) -> str:
     """One row per gradient pass t: loss and gradient norm at w_t, phase max over ranks.
 
     In a resumed run the iterations before `first_timed` come from the checkpoint, which
-    keeps no timings: their phase columns are empty.
+    keeps no timings: their phase columns are empty. `extra` columns follow (held-out
+    loss, distance to w*); a NaN there is an empty cell (not evaluated at that iteration).
     """
     worst = seconds.max(axis=0)  # iterations x phases
-    lines = ["iteration,loss,grad_norm," + ",".join(f"{p}_max_s" for p in phases)]
+    extra = extra or {}
+    lines = ["iteration,loss,grad_norm," + ",".join([f"{p}_max_s" for p in phases] + list(extra))]
     for t in range(len(loss)):
         timed = t - first_timed
         cells = ",".join(f"{v:.9f}" for v in worst[timed]) if timed >= 0 else "," * (len(phases) - 1)
-        lines.append(f"{t},{loss[t]:.17g},{grad_norm[t]:.17g},{cells}")
+        more = "".join("," + (f"{v[t]:.17g}" if np.isfinite(v[t]) else "") for v in extra.values())
+        lines.append(f"{t},{loss[t]:.17g},{grad_norm[t]:.17g},{cells}{more}")
     return write_text(path, "\n".join(lines) + "\n")
 
 
@@ -148,13 +152,19 @@ def history_mean(run_dir: str, column: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def write_weights(path: str, w: np.ndarray, intercept: float | None, config: dict) -> str:
-    """weights.h5: w (original units), the intercept if fitted, the config as attributes."""
+def write_weights(path: str, w: np.ndarray, intercept: float | None, config: dict,
+                  names: "list[str] | None" = None, encoding: "str | None" = None) -> str:
+    """weights.h5: w (original units), the intercept if fitted, the config as attributes;
+    `feature_names` (one per weight) and the import's `encoding` (for predict) if known."""
     import h5py
 
     def write(partial):
         with h5py.File(partial, "w") as f:
             f.create_dataset("w", data=w)
+            if names is not None:
+                f.create_dataset("feature_names", data=names, dtype=h5py.string_dtype())
+            if encoding is not None:
+                f.attrs["encoding"] = encoding
             if intercept is not None:
                 f.create_dataset("intercept", data=intercept)
             for key, value in config.items():
