@@ -86,3 +86,13 @@ def test_finite_values_whose_sum_overflows_are_not_reported():
     assert scan.all_finite(block)
     block[2, 1] = np.nan
     assert not scan.all_finite(block)
+
+
+def test_read_shard_reads_bad_values_without_judging_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_BLOCK_BYTES", 1024)
+    X = np.arange(600.0).reshape(200, 3)
+    X[150, 1] = np.nan
+    _write(tmp_path / "d.h5", X, np.ones(200))
+    with h5py.File(tmp_path / "d.h5", "r") as f:
+        Xs, ys = data.read_shard(f, data.inspect(f, "X", "y"), 10, 200, np.float64)
+    np.testing.assert_array_equal(Xs, X[10:])

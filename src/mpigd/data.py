@@ -176,7 +176,11 @@ def compute_dtype(stored, requested="auto"):
 
 def read_shard(h5file, info, lo, hi, dtype):
     """Read rows [lo, hi) of X and y into fresh arrays of `dtype`, and nothing else."""
-    X, y, _ = load_shard(h5file, info, lo, hi, dtype)
+    X, y = _allocated(info, lo, hi, dtype)
+    if hi > lo:
+        _read_y(h5file, info, lo, hi, y)
+        for _ in _blocks(h5file[info.x_name], X, lo):
+            pass
     return X, y
 
 
@@ -185,16 +189,15 @@ def load_shard(h5file, info, lo, hi, dtype):
 
     X is read straight into its preallocated array, block by block (about _BLOCK_BYTES,
     whole HDF5 chunks), and each block is checked and added to the checksum in parts
-    small enough to stay in L2 for both (see scan.py). HDF5 converts the type as it reads, so a float32 file
-    read as float64 (or the reverse) never holds a second full-size copy. The checksum is
-    this rank's part of checkpoint.data_checksum; a NaN or Inf raises check_finite's error.
+    small enough to stay in L2 for both (see scan.py). HDF5 converts the type as it
+    reads, so a float32 file read as float64 (or the reverse) never holds a second
+    full-size copy. The checksum is this rank's part of checkpoint.data_checksum; a NaN
+    or Inf raises check_finite's error.
     """
-    X = np.empty((hi - lo, info.features), dtype=dtype)
-    y = np.empty(hi - lo, dtype=dtype)
+    X, y = _allocated(info, lo, hi, dtype)
     if hi == lo:
         return X, y, 0
-    y_view = y if len(info.y_shape) == 1 else y.reshape(-1, 1)
-    h5file[info.y_name].read_direct(y_view, source_sel=np.s_[lo:hi])
+    _read_y(h5file, info, lo, hi, y)
     d = info.features
     with np.errstate(over="ignore"):  # the checksum is modulo 2^64 on purpose
         finite = scan.all_finite(y)
@@ -210,6 +213,15 @@ def load_shard(h5file, info, lo, hi, dtype):
     if not finite:
         check_finite(X, y, first_row=lo)
     return X, y, int(total)
+
+
+def _allocated(info, lo, hi, dtype):
+    return np.empty((hi - lo, info.features), dtype=dtype), np.empty(hi - lo, dtype=dtype)
+
+
+def _read_y(h5file, info, lo, hi, y):
+    y_view = y if len(info.y_shape) == 1 else y.reshape(-1, 1)
+    h5file[info.y_name].read_direct(y_view, source_sel=np.s_[lo:hi])
 
 
 def _blocks(dataset, X, lo):

@@ -1,6 +1,6 @@
 """What the load computes over every value it reads: finiteness and the data's checksum.
 
-Both are done block by block right after the block is read (see data.read_shard), while
+Both are done block by block right after the block is read (see data.load_shard), while
 it is still in cache, so the shard is streamed from memory once, not three times.
 
 Finiteness: the float sum of a block is finite only if every value is (an Inf or a NaN
