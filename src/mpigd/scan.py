@@ -1,7 +1,7 @@
 """What the load computes over every value it reads: finiteness and the data's checksum.
 
-Both are done block by block right after the block is read (see data.load_shard), while
-it is still in cache, so the shard is streamed from memory once, not three times.
+Both are done right after each block is read (see data.load_shard), in parts small enough
+to stay in L2 between the two, so the shard comes from memory once more, not twice.
 
 Finiteness: the float sum of a block is finite only if every value is (an Inf or a NaN
 makes any sum Inf or NaN), so one fast reduction clears a clean block; only a block whose
