@@ -18,7 +18,7 @@ from .errors import MpigdError
 _SCAN_BYTES = 4 << 20
 # Blocks of the load's read: big enough that the per-read cost of HDF5 stays small; each
 # is then checked and summed in L2-sized parts.
-_BLOCK_BYTES = 8 << 20
+_BLOCK_BYTES = 32 << 20
 _SCAN_PART_BYTES = 512 << 10  # a part of a block that stays in L2 between its two scans
 
 
