@@ -70,6 +70,7 @@ class Checkpoint:
     config: dict
     fingerprint: dict        # rows, features, dtype, checksum
     ranks: int
+    method_state: dict | None = None  # --method momentum/cg/sgd: their vectors and counters
 
 
 def save(run_dir: str, state: Checkpoint) -> str:
@@ -82,6 +83,10 @@ def save(run_dir: str, state: Checkpoint) -> str:
             f.create_dataset("loss", data=state.loss)
             f.create_dataset("grad_norm", data=state.grad_norm)
             f.attrs["iteration"] = state.iteration
+            if state.method_state:
+                group = f.create_group("method")
+                for name, value in state.method_state.items():
+                    group.create_dataset(name, data=value)
             f.attrs["lr"] = state.step.lr
             f.attrs["meta"] = json.dumps({
                 "version": __version__, "lambda_max": state.step.lambda_max,
@@ -102,6 +107,7 @@ class Saver:
     fingerprint: dict
     ranks: int
     every: int                 # --checkpoint-every; 0 = only on SIGTERM
+    method_state: object = None  # a callable giving the method's state (methods.state_of)
     count: int = 0
     seconds: float = 0.0
 
@@ -114,7 +120,8 @@ class Saver:
         began = time.perf_counter()
         path = save(self.run_dir, Checkpoint(
             iteration=iteration, w=w.copy(), loss=loss, grad_norm=grad_norm, step=self.step,
-            config=self.config, fingerprint=self.fingerprint, ranks=self.ranks))
+            config=self.config, fingerprint=self.fingerprint, ranks=self.ranks,
+            method_state=self.method_state() if self.method_state else None))
         self.count += 1
         self.seconds += time.perf_counter() - began
         return path
@@ -140,6 +147,7 @@ def load(run_dir: str) -> Checkpoint:
                 step=StepSize(lr=float(f.attrs["lr"]), lambda_max=meta["lambda_max"],
                               power_iterations=meta["power_iterations"]),
                 config=meta["config"], fingerprint=meta["fingerprint"], ranks=meta["ranks"],
+                method_state={name: v[()] for name, v in f["method"].items()} if "method" in f else None,
             )
     except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
         raise MpigdError(f"cannot read checkpoint {path} ({exc}); it is damaged or not an mpigd "

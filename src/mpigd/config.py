@@ -64,6 +64,12 @@ class TrainConfig:
     trace: bool = False              # write trace.json (Chrome trace events)
     checkpoint_every: int = 0        # write checkpoint.h5 every K iterations; 0 = never
     kernel: str | None = None        # auto, blas or numba; None = $MPIGD_KERNEL, else auto
+    # methods (issue 14; mpigd.methods): gd is the lecture's loop, unchanged
+    method: str = "gd"               # gd, momentum, cg or sgd
+    batch_size: int | None = None    # sgd: rows per step in total; None = all rows
+    epochs: int | None = None        # sgd: passes over the data; None = --iters steps
+    lr_decay: float = 0.0            # sgd: lr_t = lr / (1 + lr_decay * epochs done)
+    full_loss_every: int | None = None  # sgd: steps between full-data losses; None = one epoch
     # Real data (issue 13): held-out rows, a test file, the exact answer for reference.
     holdout: float = 0.0             # fraction of rows kept out of training (holdout.py's rule)
     holdout_seed: int = 0            # seed of that rule
@@ -93,6 +99,37 @@ _STRING |= {"test_data", "reference"}
 MAX_ITERS = 10**7
 RESUME_OVERRIDABLE = {"iters", "tol", "quiet", "threads", "straggler", "trace",
                       "checkpoint_every", "mode", "dedicated_server", "force", "kernel"}
+
+# --- methods (issue 14) ---
+METHODS = ("gd", "momentum", "cg", "sgd")
+_INTEGER |= {"batch_size", "epochs", "full_loss_every"}
+_FLOAT |= {"lr_decay"}
+_STRING |= {"method"}
+
+
+def _validate_method(config: "TrainConfig") -> None:
+    # --seed also draws sgd's batches; from the command line it arrived as text (a crash before)
+    config.seed = _number(config.seed, "--seed", int)
+    if config.method not in METHODS:
+        raise MpigdError(f"--method must be one of {', '.join(METHODS)}, got {config.method!r}")
+    for name in ("batch_size", "epochs", "full_loss_every"):
+        value = getattr(config, name)
+        if value is not None:
+            value = _number(value, _option(name), int)
+            if value < 1:
+                raise MpigdError(f"{_option(name)} must be >= 1, got {value}")
+            setattr(config, name, value)
+    config.lr_decay = _number(config.lr_decay, "--lr-decay")
+    if config.lr_decay < 0:
+        raise MpigdError(f"--lr-decay must be >= 0 (0 = constant lr), got {config.lr_decay}")
+    sgd_only = [_option(n) for n in ("batch_size", "epochs", "full_loss_every")
+                if getattr(config, n) is not None] + (["--lr-decay"] if config.lr_decay else [])
+    if config.method == "sgd" and config.holdout:
+        raise MpigdError("--method sgd does not take --holdout: its batches are numbered by the "
+                         "file's rows; keep the evaluation rows in another file (--test-data)")
+    if sgd_only and config.method != "sgd":
+        raise MpigdError(f"{', '.join(sgd_only)} only apply to --method sgd (got --method "
+                         f"{config.method})")
 
 
 def _option(name):
@@ -237,6 +274,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     if config.straggler is not None:
         config.straggler = parse_straggler(config.straggler)
     config.kernel = kernel_setting(config.kernel)
+    _validate_method(config)
     _validate_evaluation(config)
     for name in ("x_dataset", "y_dataset"):
         if not getattr(config, name):

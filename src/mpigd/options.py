@@ -8,12 +8,13 @@ one message, not sixteen.
 
 import argparse
 
-from . import __version__, importer, rundir
+from . import __version__, importer, method_options, rundir
 from .cluster import cli as cluster_cli
 from .config import KERNELS
 from .errors import MpigdError, launcher_rank
 
-COMMANDS = ("train", "generate", "import", "predict", "solve", "cluster", "scale", "scale-report", "bench-comm", "plot", "bench")
+COMMANDS = ("train", "generate", "import", "predict", "solve", "cluster", "scale", "scale-report", "bench-comm", "plot", "bench",
+            "compare")
 
 
 def comma_list(text: str, cast, option: str, example: str) -> list:
@@ -84,6 +85,7 @@ def _train_parser(sub):
     p.add_argument("--resume", metavar="DIR",
                    help="continue the run in DIR from its checkpoint (data and options come "
                    "from the checkpoint; --iters, --tol and a few others may be changed)")
+    method_options.add_train_arguments(p)  # --method and sgd's options (issue 14)
     return p
 
 
@@ -269,6 +271,9 @@ def _scale_parser(sub):
                    help="the rank that sleeps in the straggler study [last]")
     p.add_argument("--train-args", default="", metavar='"ARGS"',
                    help='more trainer options for every run, e.g. --train-args="--dtype float32"')
+    p.add_argument("--batch-sizes", metavar="B,...",
+                   help="one sweep of --method sgd per batch size, e.g. 1000,10000,100000, and "
+                   "a table of speedup against batch size (OUT/batch-B, OUT/batch_sizes.json)")
     p.add_argument("--comm-model", default="auto", metavar="auto|none|FILE",
                    help="auto: run bench-comm per rank count into OUT/comm_model.json; "
                    "or an existing comm_model.json; none: no prediction [auto]")
@@ -365,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     _bench_comm_parser(sub)
     _plot_parser(sub)
     _bench_parser(sub)
+    method_options.add_compare_parser(sub)
     return parser
 
 

@@ -119,6 +119,7 @@ class Result:
     clocks: dict | None = None   # offsets of every rank's clock to rank 0's (clocks.py)
     placement: dict | None = None  # hosts, ranks per host, oversubscription (placement.py)
     more_iterations_estimate: int | None = None  # not converged: to reach --tol at the recent rate
+    communication: dict | None = None  # rounds, bytes per rank, to tolerance (methods.rounds)
     weights: list[dict] | None = None   # [{"name", "weight"}] in original units, intercept last
     metrics: dict | None = None         # RMSE/MAE/R² of train, holdout, test rows (evaluation.py)
     reference: dict | None = None       # --reference exact: w*, its loss, the distance to it

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-from . import __version__, checkpoint, clocks, data, evaluation, faults, rundir, stepsize, synthetic, trace
+from . import (__version__, checkpoint, clocks, data, evaluation, faults, methods, rundir, stepsize,
+               synthetic, trace)
+from .methods import loop as method_loop
 from .comm import agreed
 from .config import Mode, TrainConfig
 from .environment import blas_threads, gather_rank_facts, mpi_library, slurm_info
@@ -128,7 +130,7 @@ def prepare(job: Job) -> Prepared:
                    "checksum": checkpoint.data_checksum(comm, X, y, lo, local=checksum)}
     if job.resume is not None:
         checkpoint.check_fingerprint(job.resume.fingerprint, fingerprint, job.run_dir or config.out)
-        if job.resume.iteration > config.iters:
+        if job.resume.iteration > config.iters and config.method != "sgd":  # sgd: rounds != steps
             raise MpigdError(f"the checkpoint is at iteration {job.resume.iteration}, past --iters "
                              f"{config.iters}; resume with a larger --iters", collective=True)
     train, held = evaluation.split_rows(comm, config, X, y, lo, info.rows, path)
@@ -222,6 +224,15 @@ def descend(job: Job, prepared: Prepared, step: StepSize):
     saver = checkpoint.Saver(job.run_dir, step, config.to_dict(), prepared.fingerprint,
                              job.comm.size, config.checkpoint_every)
     loop = peer_to_peer_descent if config.mode is Mode.ALLREDUCE else gradient_descent
+    method, setup = None, 0
+    if config.method != "gd":  # --method (issue 14): the same four steps, in methods/loop.py
+        rules = methods.stop_rules(config, prepared.info.rows, resume)
+        method, setup = methods.build(config, job.comm, prepared.shard, step, prepared.info.features,
+                                      prepared.info.rows, prepared.lo, prepared.hi, resume)
+        saver.method_state = lambda: methods.state_of(method)
+
+        def loop(comm, shard, w0, lr, rules, **hooks):  # w0 and lr live in the method's state
+            return method_loop.run(comm, shard, method, rules, config.mode, **hooks)
     # Overflow is detected (rules.decide checks loss and |g| every iteration) and reported
     # as divergence: numpy's own warnings would only add noise to that one message.
     before = clocks.measure(job.comm)
@@ -229,6 +240,7 @@ def descend(job: Job, prepared: Prepared, step: StepSize):
         trajectory = loop(job.comm, prepared.shard, w0, step.lr, rules, straggle_s=job.straggle_s,
                           stop=job.stop, on_iteration=_AfterIteration(job, rules, saver, prepared.watch))
     after = clocks.measure(job.comm)
+    trajectory.method, trajectory.setup_rounds = method, setup
     return saver, trajectory, (clocks.Alignment(before, after) if before is not None else None)
 
 
@@ -342,6 +354,10 @@ def _result(job, prepared, step, saver, trajectory, seconds, facts) -> Result:
         stop_reason=trajectory.outcome.reason, final_loss=float(loss[-1]),
         converged=trajectory.outcome is Outcome.CONVERGED,
         more_iterations_estimate=rules.iterations_to_tol(),
+        communication=methods.rounds(
+            config, len(facts), info.features, evaluations,
+            trajectory.setup_rounds + (0 if job.resume else step.power_iterations or 0),
+            trajectory.outcome is Outcome.CONVERGED, trajectory.wall_s, trajectory.method),
         initial_loss=float(loss[0]),
         grad_norm_rel=float(grad_norm[-1] / grad_norm[0]) if grad_norm[0] > 0 else 0.0,
         lr=step.lr, lr_mode=step.mode, lambda_max=step.lambda_max,

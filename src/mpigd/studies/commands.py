@@ -25,6 +25,10 @@ from .sweep import sweep
 
 
 def scale(args) -> int:
+    if getattr(args, "batch_sizes", None):  # --method sgd at several batch sizes (batches.py)
+        from .batches import command as batch_sweep
+
+        return batch_sweep(args)
     sweep(args)
     return 0
 
