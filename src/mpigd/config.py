@@ -58,6 +58,7 @@ class TrainConfig:
     intercept: bool = False
     threads: int | None = None       # BLAS threads per rank; None = 1 when ranks > 1
     straggler: Straggler | None = None  # sleep added to one rank's compute ("RANK:SECONDS")
+    jitter: float = 0.0              # mean of a random sleep added to every rank's compute
     seed: int = 0                    # start vector of the power iteration for --lr auto
     quiet: bool = False
     mode: Mode = Mode.SERVER         # server (Bcast/Reduce) or allreduce (peer to peer)
@@ -88,7 +89,7 @@ class TrainConfig:
 FIELDS = {f.name: f for f in fields(TrainConfig)}
 _BOOLEAN = {"force", "dedicated_server", "standardize", "intercept", "quiet", "trace"}
 _INTEGER = {"iters", "threads", "seed", "checkpoint_every"}
-_FLOAT = {"tol"}
+_FLOAT = {"tol", "jitter"}
 _STRING = {"data", "x_dataset", "y_dataset", "out", "dtype", "straggler", "mode", "kernel"}
 _FLOAT |= {"holdout"}  # the real-data options (issue 13)
 _INTEGER |= {"holdout_seed", "eval_every"}
@@ -97,7 +98,7 @@ _STRING |= {"test_data", "reference"}
 # StopRules and the phase clocks hold (iters x phases) arrays on every rank: a typo like
 # --iters 1e12 must be refused, not met with a MemoryError. Longer runs chain --resume.
 MAX_ITERS = 10**7
-RESUME_OVERRIDABLE = {"iters", "tol", "quiet", "threads", "straggler", "trace",
+RESUME_OVERRIDABLE = {"iters", "tol", "quiet", "threads", "straggler", "jitter", "trace",
                       "checkpoint_every", "mode", "dedicated_server", "force", "kernel"}
 
 # --- methods (issue 14) ---
@@ -273,6 +274,10 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise MpigdError(f"--dtype must be auto, float64 or float32, got {config.dtype!r}")
     if config.straggler is not None:
         config.straggler = parse_straggler(config.straggler)
+    config.seed = _number(config.seed, "--seed", int)  # `--seed 1` arrived as a string: crashed
+    config.jitter = _number(config.jitter, "--jitter")
+    if config.jitter < 0:
+        raise MpigdError(f"--jitter must be >= 0 seconds (0 = none), got {config.jitter}")
     config.kernel = kernel_setting(config.kernel)
     _validate_method(config)
     _validate_evaluation(config)

@@ -45,6 +45,20 @@ def launcher_rank() -> int:
     return 0
 
 
+# Set by launchers in every process of a parallel job (not by sbatch's batch shell, which
+# sets SLURM_NTASKS without starting the tasks).
+_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS")
+
+
+def launcher_size() -> int:
+    """The number of processes the launcher started, without initializing MPI (1 if none)."""
+    for name in _SIZE_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 1
+
+
 def _live_mpi():
     """mpi4py.MPI if this process imported it and MPI is running, else None."""
     mpi = sys.modules.get("mpi4py.MPI")

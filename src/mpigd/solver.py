@@ -141,8 +141,8 @@ def _map(shard, w, packed, stop, straggle_s):
     d = w.size
     packed[d] = shard.gradient(w, packed[:d])
     packed[d + 1] = stop.raised
-    if straggle_s:
-        time.sleep(straggle_s)
+    if straggle_s:  # seconds, or a faults.Jitter drawing them per iteration
+        time.sleep(straggle_s() if callable(straggle_s) else straggle_s)
 
 
 def gradient_descent(comm, shard, w0: np.ndarray, lr: float, rules: StopRules,

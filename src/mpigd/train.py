@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-from . import (__version__, checkpoint, clocks, data, evaluation, faults, methods, rundir, stepsize,
-               synthetic, trace)
+from . import (__version__, checkpoint, clocks, data, evaluation, faults, generate_parallel, methods,
+               rundir, stepsize, synthetic, trace)
 from .methods import loop as method_loop
 from .comm import agreed
 from .config import Mode, TrainConfig
@@ -54,7 +54,7 @@ class Job:
     comm: MPI.Comm
     run_dir: str | None       # on rank 0; None elsewhere
     resume: checkpoint.Checkpoint | None
-    straggle_s: float         # this rank's injected delay per iteration
+    straggle_s: "float | faults.Jitter"  # this rank's injected delay per iteration
     stop: StopRequest
     threads: dict
     started: str
@@ -84,8 +84,10 @@ def run(config: TrainConfig, comm: MPI.Comm = MPI.COMM_WORLD,
         # SIGTERM while loading is honoured too: the flag waits for the first iteration.
         with on_sigterm(StopRequest()) as stop, blas_threads(config.threads, comm.size) as threads:
             straggler = config.straggler
-            job = Job(config, comm, run_dir, resume,
-                      straggler.seconds if straggler and straggler.rank == comm.rank else 0.0,
+            delay = straggler.seconds if straggler and straggler.rank == comm.rank else 0.0
+            if config.jitter:
+                delay = faults.Jitter(delay, config.jitter, config.seed, comm.rank)
+            job = Job(config, comm, run_dir, resume, delay,
                       stop, threads, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
             prepared = prepare(job)
             step = resume.step if resume else stepsize.choose(
@@ -164,12 +166,15 @@ def _default_data(comm, condition: float | None = DEFAULT_CONDITION) -> str:
 
 def _load(config, comm, path):
     """Collective: every rank opens the file, validates it, reads only its own rows."""
+    if path.startswith(synthetic.SOURCE_PREFIX):  # --data synthetic:RxD[:S]: no file
+        return synthetic.generate_shard(comm, path, config.dtype, config.dedicated_server)
     rank, size = comm.rank, comm.size
     workers = size - 1 if config.dedicated_server else size
     fault = faults.planned(rank)
     with agreed(comm, f"reading {path}"), data.readable(path):
         with data.open_input(path) as h5file:
             info = data.inspect(h5file, config.x_dataset, config.y_dataset)
+            generate_parallel.require_parts(h5file)  # a joined file moved without its parts
             if info.rows < workers:
                 most = info.rows + (size - workers)
                 raise MpigdError(f"{info.rows} rows cannot be shared by {workers} workers; "
@@ -348,7 +353,8 @@ def _result(job, prepared, step, saver, trajectory, seconds, facts) -> Result:
         version=__version__, config=config.to_dict(), mode=config.mode.value, ranks=len(facts),
         workers=len(facts) - 1 if config.dedicated_server else len(facts),
         rows=info.rows, features=info.features, dtype=prepared.shard.X.dtype.name,
-        data=DataSource(path=os.path.abspath(prepared.path), x_dataset=info.x_name,
+        data=DataSource(path=prepared.path if prepared.path.startswith(synthetic.SOURCE_PREFIX)
+                        else os.path.abspath(prepared.path), x_dataset=info.x_name,
                         y_dataset=info.y_name, x_dtype=info.x_dtype, y_dtype=info.y_dtype),
         run_dir=os.path.abspath(job.run_dir), iterations=rules.updates, evaluations=evaluations,
         stop_reason=trajectory.outcome.reason, final_loss=float(loss[-1]),

@@ -47,8 +47,8 @@ def run(comm, shard, method, rules: StopRules, mode: Mode, straggle_s: float = 0
             break
         method.map(shard, int(xbuf[d + 1]), xbuf[:d], xbuf[d + 2], packed)  # 2. Map
         packed[d + 1] = stop.raised
-        if straggle_s:
-            time.sleep(straggle_s)
+        if straggle_s:  # seconds, or a faults.Jitter drawing them per iteration
+            time.sleep(straggle_s() if callable(straggle_s) else straggle_s)
         t2 = now()
         comm.Barrier()                                       #    wait for the slowest (sync)
         t3 = now()
