@@ -42,19 +42,21 @@ def _weighted_sum(values, first_index):
     return total
 
 
-def data_checksum(comm, X: np.ndarray, y: np.ndarray, first_row: int) -> int:
+def data_checksum(comm, X: np.ndarray, y: np.ndarray, first_row: int, local: int | None = None) -> int:
     """Collective. A 64-bit checksum of the data as loaded, independent of the partition.
 
     Integer addition modulo 2^64 is associative, so any split of the rows over any number
-    of ranks gives the same value; it costs one pass over the shard at load time.
+    of ranks gives the same value. `local` is this rank's part when the load already
+    computed it (data.load_shard, in the same pass as the read); else one pass here.
     """
-    d = X.shape[1]
-    local = np.zeros(1, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        local[0] = _weighted_sum(np.ascontiguousarray(X).reshape(-1), first_row * d)
-        local[0] += _weighted_sum(np.ascontiguousarray(y), first_row) * np.uint64(3)
+    if local is None:
+        d = X.shape[1]
+        with np.errstate(over="ignore"):
+            local = int(_weighted_sum(np.ascontiguousarray(X).reshape(-1), first_row * d)
+                        + _weighted_sum(np.ascontiguousarray(y), first_row) * np.uint64(3))
+    mine = np.array([local], dtype=np.uint64)
     total = np.zeros(1, dtype=np.uint64)
-    comm.Allreduce(local, total, op=MPI.SUM)
+    comm.Allreduce(mine, total, op=MPI.SUM)
     return int(total[0])
 
 

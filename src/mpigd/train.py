@@ -128,10 +128,10 @@ def prepare(job: Job) -> Prepared:
     config, comm = job.config, job.comm
     path = config.data or _default_data(comm)
     load_started = time.perf_counter()
-    info, X, y, lo, hi = _load(config, comm, path)
+    info, X, y, lo, hi, checksum = _load(config, comm, path)
     load_s = time.perf_counter() - load_started
     fingerprint = {"rows": info.rows, "features": info.features, "dtype": X.dtype.name,
-                   "checksum": checkpoint.data_checksum(comm, X, y, lo)}
+                   "checksum": checkpoint.data_checksum(comm, X, y, lo, local=checksum)}
     if job.resume is not None:
         checkpoint.check_fingerprint(job.resume.fingerprint, fingerprint, job.run_dir or config.out)
         if job.resume.iteration > config.iters and config.method != "sgd":  # sgd: rounds != steps
@@ -183,11 +183,11 @@ def _load(config, comm, path):
                                  f"start fewer ranks (`mpirun -n {most}` at most) or use more data")
             dtype = data.compute_dtype(info.x_dtype, config.dtype)
             lo, hi = data.shard_rows(info.rows, size, rank, config.dedicated_server)
-            X, y = data.read_shard(h5file, info, lo, hi, dtype)
+            # read, NaN/Inf check and this rank's checksum in one pass (data.load_shard)
+            X, y, checksum = data.load_shard(h5file, info, lo, hi, dtype)
             if fault and fault[0] == "load":
                 faults.fail("load", rank)
-        data.check_finite(X, y, first_row=lo)
-    return info, X, y, lo, hi
+    return info, X, y, lo, hi, checksum
 
 
 # --- descend -------------------------------------------------------------------------------
