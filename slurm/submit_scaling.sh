@@ -85,18 +85,25 @@ out=$(cd "$out" && pwd)  # jobs may start in another directory: absolute paths o
 read -r -a extra <<< "$sbatch_extra"
 read -r -a train <<< "$train_args"
 
-# The data are made here, once (weak: once per rank count), before any job is queued.
-data_for() {
+# Synthetic data are made inside the allocation, on all the ranks of a job shaped like the
+# runs (each rank writes its own blocks: `srun python -m mpigd generate`), and the runs wait
+# for it (afterok). Weak: one file per rank count; strong: one file, by the largest count.
+file_for() {
     local n=$1 total=$rows
     if [[ -n $data ]]; then echo "$(cd "$(dirname "$data")" && pwd)/$(basename "$data")"; return; fi
     [[ $mode == weak ]] && total=$((rows * n))
-    # --out-dir names the file as every mpigd command does and reuses a complete one; the
-    # file appears atomically, so an interrupted generation is never reused.
-    local file
-    file=$(python -m mpigd generate --rows "$total" --features "$features" --seed "$seed" \
-               --out-dir "$out/data") || fail "generating the data for $n ranks failed"
-    echo "data: $file" >&2
-    echo "$file"
+    # The name every mpigd command gives it (synthetic.file_name); a complete file is reused.
+    echo "$out/data/synthetic-${total}x${features}-seed${seed}.h5"
+}
+generate_job() {  # generate_job N FILE: prints the job id, or nothing for --data
+    local n=$1 file=$2 total=$rows tasks=${per_node:-$1}
+    [[ -n $data ]] && return
+    [[ $mode == weak ]] && total=$((rows * n))
+    (( tasks > n )) && tasks=$n
+    submit --ntasks="$n" --nodes=$(( (n + tasks - 1) / tasks )) --ntasks-per-node="$tasks" \
+        --job-name="mpigd-generate-$(printf 'p%03d' "$n")" --output="$out/logs/generate-$(printf 'p%03d' "$n")-%j.out" \
+        ${extra[@]+"${extra[@]}"} "$here/train.sbatch" \
+        generate --rows "$total" --features "$features" --seed "$seed" --out-dir "$out/data"
 }
 
 # A refused submission (e.g. more tasks than a node has) cancels what was queued before
@@ -111,8 +118,16 @@ submit() {
     echo "${id%%;*}"  # "id;cluster" on multi-cluster sites
 }
 IFS=, read -r -a counts <<< "$ranks"
+largest_count=$(printf '%s\n' "${counts[@]}" | sort -n | tail -1)
+generated=""
 for n in "${counts[@]}"; do
-    file=$(data_for "$n")
+    file=$(file_for "$n")
+    if [[ -z $data && ( $mode == weak || -z $generated ) ]]; then
+        generated=$(generate_job "$([[ $mode == weak ]] && echo "$n" || echo "$largest_count")" "$file")
+        run_ids+=("$generated")
+        echo "data $file: generate job $generated"
+    fi
+    after=(${generated:+--dependency=afterok:$generated --kill-on-invalid-dep=yes})
     tasks=${per_node:-$n}
     (( tasks > n )) && tasks=$n
     nodes=$(( (n + tasks - 1) / tasks ))
@@ -124,7 +139,7 @@ for n in "${counts[@]}"; do
     else
         layout+=(--output="$out/logs/$name-%j.out")
     fi
-    id=$(MPIGD_RUNS="$out/$name" submit "${layout[@]}" ${extra[@]+"${extra[@]}"} "$here/train.sbatch" \
+    id=$(MPIGD_RUNS="$out/$name" submit "${layout[@]}" ${after[@]+"${after[@]}"} ${extra[@]+"${extra[@]}"} "$here/train.sbatch" \
          train --data "$file" --iters "$iters" --tol 0 --quiet ${train[@]+"${train[@]}"})
     run_ids+=("$id")
     echo "run $name: job $id ($n ranks on $nodes node(s), repeat $repeat)"

@@ -91,3 +91,61 @@ def problem(tmp_path):
     X = rng.standard_normal((1003, 6))
     y = X @ rng.standard_normal(6) + 0.1 * rng.standard_normal(1003)
     return X, y, write_h5(tmp_path / "data.h5", X, y)
+
+
+# --- /dev/shm: MPICH's segments of the jobs these tests kill -----------------------------------
+# MPICH unlinks its /dev/shm/mpich_shm_* segment in MPI_Finalize; a job that is aborted or
+# killed (the failure and watchdog tests do that on purpose) never gets there, and the
+# segment stays. After each test, the segments that appeared during it and that no live
+# process maps any more are removed. Other jobs' segments (mapped, or older) are not touched.
+
+SHM = "/dev/shm"
+
+
+def shm_segments() -> set[str]:
+    try:
+        return {name for name in os.listdir(SHM) if name.startswith("mpich_shm_")}
+    except FileNotFoundError:
+        return set()
+
+
+def mapped_segments() -> set[str]:
+    """Names of /dev/shm segments that some live process has mapped."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/maps") as handle:
+                for line in handle:
+                    if "/dev/shm/mpich_shm_" in line:
+                        found.add(line.rsplit("/", 1)[1].split()[0])
+        except OSError:
+            continue
+    return found
+
+
+def reap_segments(before: set[str]) -> list[str]:
+    """Remove segments created since `before` that nobody maps (a killed job's); their names."""
+    removed = []
+    for name in sorted(shm_segments() - before - mapped_segments()):
+        try:
+            os.remove(os.path.join(SHM, name))
+            removed.append(name)
+        except OSError:
+            continue
+    return removed
+
+
+@pytest.fixture(scope="session")
+def _session_shm():
+    before = shm_segments()
+    yield before
+    reap_segments(before)  # also those whose killed ranks were still exiting at a test's end
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_shm(_session_shm):
+    before = shm_segments()
+    yield
+    reap_segments(before)

@@ -18,7 +18,7 @@ def test_bench_alone_runs_everything_and_has_all_keys(tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     for key in ("kernels", "comm", "clock_s", "clock_pct", "reference_iteration_s", "memory",
-                "startup_s", "scaling"):
+                "startup_s", "scaling", "load"):
         assert key in result, key
     assert [(c["dtype"], c["features"]) for c in result["kernels"]] == [
         ("float64", 10), ("float64", 100), ("float32", 10), ("float32", 100)]
@@ -28,6 +28,9 @@ def test_bench_alone_runs_everything_and_has_all_keys(tmp_path):
     assert set(result["memory"]["runs"]) == {"1", "2"}
     assert result["scaling"]["ceiling"] > 0 and result["scaling"]["speedup"] > 0
     assert result["scaling"]["kernel"]["name"] in ("blas", "numba")
+    load = result["load"]
+    assert load["plain_s"] > 0 and load["mpigd_s"] > 0 and len(load["mpigd_all_s"]) >= 3
+    assert load["ratio"] == pytest.approx(load["mpigd_s"] / load["plain_s"])
 
 
 def test_bench_table_under_mpirun(tmp_path):
@@ -35,6 +38,7 @@ def test_bench_table_under_mpirun(tmp_path):
     assert run.returncode == 0, run
     assert "kernel blas" in run.stdout and "bare Bcast+Reduce (2 ranks" in run.stdout
     assert "start-up, tiny" not in run.stdout  # runs of its own are skipped under mpirun
+    assert "mpigd load" not in run.stdout  # the load row is measured by the bench alone
     assert "skipped under mpirun" in run.stdout
     assert run.stdout.count("mpigd bench:") == 1  # rank 0 alone prints
 
@@ -58,4 +62,5 @@ def test_bench_without_numba_falls_back_to_blas():
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
     assert "numba not installed" in proc.stdout and "kernel blas" in proc.stdout
+    assert "mpigd load (read+check+checksum)" in proc.stdout  # --no-runs keeps the load row
     assert "kernel numba" in proc.stdout and "not installed" in proc.stdout

@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import h5py
 import pytest
 
 from mpigd.launch import srun_mpi
@@ -390,6 +391,12 @@ def test_strong_scaling_sweep_with_collector_job(cluster):
     # Whole nodes by default: no two timed jobs of the sweep ever shared the node.
     spans = sorted((j["Start"], j["End"]) for j in runs)
     assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:])), runs
+    # The data were generated inside an allocation, on 2 ranks, before the first run started.
+    generate = [j for j in jobs if j["JobName"] == "mpigd-generate-p002"]
+    assert len(generate) == 1 and generate[0]["State"] == "COMPLETED", jobs
+    assert min(j["Start"] for j in runs if j["JobName"].startswith("mpigd-strong")) >= generate[0]["End"]
+    with h5py.File(sweep / "data" / "synthetic-20000x8-seed0.h5", "r") as f:
+        assert f["X"].is_virtual  # joined from the ranks' parts
     collect = cluster.job(ids["collect"])
     assert collect["State"] == "COMPLETED" and collect["ExitCode"] == "0:0"
     assert collect["Start"] >= max(j["End"] for j in runs), (collect, runs)  # ISO times sort

@@ -19,6 +19,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -265,3 +266,51 @@ def test_a_scaling_sweep_across_nodes_reports_the_placement(nodes):
     assert all(p["emulated_cluster"] for p in points.values())
     table = (sweep / "scaling.txt").read_text()
     assert "4 emulated hosts, one machine's CPUs; oversubscribed (4 ranks > 2 CPUs)" in table, table
+
+
+def _task_pid(job, rank):
+    """PID of the python rank `rank` of Slurm job `job` (the nodes share this PID namespace)."""
+    wanted = {f"SLURM_JOB_ID={job}".encode(), f"SLURM_PROCID={rank}".encode()}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                env = set(handle.read().split(b"\0"))
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmd = handle.read()
+        except (OSError, ValueError):
+            continue
+        if wanted <= env and b"-m\0mpigd" in cmd:
+            return int(entry)
+    return None
+
+
+def test_a_frozen_rank_ends_the_job_through_the_watchdog_not_the_time_limit(nodes, data):
+    job, _ = _train(nodes, "--data", data, "--iters", 10**6, "--tol", 0, "--lr", 1e-6,
+                    "--checkpoint-every", 100, "--stall-timeout", 3, wait=False)
+    pid = None
+    try:
+        _wait_iterating(nodes, job)
+        deadline = time.monotonic() + 30
+        while pid is None:
+            assert time.monotonic() < deadline, "rank 1's process not found"
+            pid = _task_pid(job, 1)
+            time.sleep(0.2)
+        os.kill(pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        (state,) = nodes.wait(job, timeout=120)
+        seconds = time.monotonic() - stopped
+    finally:
+        if pid is not None:
+            for sig in (signal.SIGCONT, signal.SIGKILL):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        nodes.run("scancel", job, check=False)
+    log = (nodes.workdir / f"mpigd-{job}.out").read_text()
+    assert (state["State"], state["ExitCode"]) == ("FAILED", "124:0"), (state, log)
+    assert seconds < 3 + 30, (seconds, log)  # the watchdog, not the time limit, ended it
+    lines = [line for line in log.splitlines() if line.startswith("mpigd: error: stalled")]
+    assert len(lines) == 1 and "rank 1 (node1) did not arrive: silent for" in lines[0], log
+    assert "continue with `sbatch slurm/train.sbatch --resume " in lines[0], lines[0]
+    print(f"stopped rank 1 on node1; the job ended {seconds:.1f} s later: {state}\n{lines[0]}")

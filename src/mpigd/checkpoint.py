@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import __version__, rundir
+from . import __version__, progress, rundir
 from .errors import MpigdError
 from .stepsize import StepSize
 
@@ -41,21 +41,23 @@ def _weighted_sum(values, first_index):
     return total
 
 
-def data_checksum(comm, X: np.ndarray, y: np.ndarray, first_row: int) -> int:
+def data_checksum(comm, X: np.ndarray, y: np.ndarray, first_row: int, local: int | None = None) -> int:
     """Collective. A 64-bit checksum of the data as loaded, independent of the partition.
 
     Integer addition modulo 2^64 is associative, so any split of the rows over any number
-    of ranks gives the same value; it costs one pass over the shard at load time.
+    of ranks gives the same value. `local` is this rank's part when the load already
+    computed it (data.load_shard, in the same pass as the read); else one pass here.
     """
-    d = X.shape[1]
-    local = np.zeros(1, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        local[0] = _weighted_sum(np.ascontiguousarray(X).reshape(-1), first_row * d)
-        local[0] += _weighted_sum(np.ascontiguousarray(y), first_row) * np.uint64(3)
+    if local is None:
+        d = X.shape[1]
+        with np.errstate(over="ignore"):
+            local = int(_weighted_sum(np.ascontiguousarray(X).reshape(-1), first_row * d)
+                        + _weighted_sum(np.ascontiguousarray(y), first_row) * np.uint64(3))
+    mine = np.array([local], dtype=np.uint64)
     from mpi4py import MPI  # here: reading a checkpoint (tests, --resume checks) needs no MPI
 
     total = np.zeros(1, dtype=np.uint64)
-    comm.Allreduce(local, total, op=MPI.SUM)
+    comm.Allreduce(mine, total, op=MPI.SUM)
     return int(total[0])
 
 
@@ -117,10 +119,16 @@ class Saver:
     def save(self, iteration: int, w: np.ndarray, loss: np.ndarray, grad_norm: np.ndarray) -> str:
         """Write w_iteration and the history before it; counted and timed for result.json."""
         began = time.perf_counter()
-        path = save(self.run_dir, Checkpoint(
-            iteration=iteration, w=w.copy(), loss=loss, grad_norm=grad_norm, step=self.step,
-            config=self.config, fingerprint=self.fingerprint, ranks=self.ranks,
-            method_state=self.method_state() if self.method_state else None))
+        stage = progress.STATE[progress.STAGE]
+        progress.enter(progress.SAVING, iteration)  # the watchdog waits longer meanwhile
+        try:
+            path = save(self.run_dir, Checkpoint(
+                iteration=iteration, w=w.copy(), loss=loss, grad_norm=grad_norm, step=self.step,
+                config=self.config, fingerprint=self.fingerprint, ranks=self.ranks,
+                method_state=self.method_state() if self.method_state else None))
+        finally:
+            progress.enter(stage, iteration)
+        progress.saved(iteration)
         self.count += 1
         self.seconds += time.perf_counter() - began
         return path

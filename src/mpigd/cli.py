@@ -23,6 +23,7 @@ _HANDLERS = {
     "plot": ("mpigd.studies.commands", "plot"),
     "bench-comm": ("mpigd.studies.commands", "bench_comm"),
     "bench": ("mpigd.studies.commands", "bench"),
+    "project": ("mpigd.studies.project", "command"),
     "compare": ("mpigd.studies.compare", "command"),
 }
 

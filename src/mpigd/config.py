@@ -59,6 +59,7 @@ class TrainConfig:
     intercept: bool = False
     threads: int | None = None       # BLAS threads per rank; None = 1 when ranks > 1
     straggler: Straggler | None = None  # sleep added to one rank's compute ("RANK:SECONDS")
+    jitter: float = 0.0              # mean of a random sleep added to every rank's compute
     seed: int = 0                    # start vector of the power iteration for --lr auto
     quiet: bool = False
     mode: Mode = Mode.SERVER         # server (Bcast/Reduce) or allreduce (peer to peer)
@@ -77,6 +78,7 @@ class TrainConfig:
     test_data: str | None = None     # another HDF5 file with the same features, evaluated
     eval_every: int = 0              # held-out/test loss every K iterations; 0 = at the end only
     reference: str | None = None     # "exact": w* by distributed normal equations
+    stall_timeout: float | None = None  # watchdog limit (s); None = default rule, 0 = off
     progress: str = "auto"           # bar, lines, none; auto: console.progress_style
 
     def to_dict(self) -> dict:
@@ -90,7 +92,7 @@ class TrainConfig:
 FIELDS = {f.name: f for f in fields(TrainConfig)}
 _BOOLEAN = {"force", "dedicated_server", "standardize", "intercept", "quiet", "trace"}
 _INTEGER = {"iters", "threads", "seed", "checkpoint_every"}
-_FLOAT = {"tol"}
+_FLOAT = {"tol", "jitter", "stall_timeout"}
 _STRING = {"data", "x_dataset", "y_dataset", "out", "dtype", "straggler", "mode", "kernel", "progress"}
 _FLOAT |= {"holdout"}  # the real-data options (issue 13)
 _INTEGER |= {"holdout_seed", "eval_every"}
@@ -99,9 +101,9 @@ _STRING |= {"test_data", "reference"}
 # StopRules and the phase clocks hold (iters x phases) arrays on every rank: a typo like
 # --iters 1e12 must be refused, not met with a MemoryError. Longer runs chain --resume.
 MAX_ITERS = 10**7
-RESUME_OVERRIDABLE = {"iters", "tol", "quiet", "threads", "straggler", "trace",
+RESUME_OVERRIDABLE = {"iters", "tol", "quiet", "threads", "straggler", "jitter", "trace",
                       "checkpoint_every", "mode", "dedicated_server", "force", "kernel",
-                      "progress"}
+                      "stall_timeout", "progress"}
 
 # --- methods (issue 14) ---
 METHODS = ("gd", "momentum", "cg", "sgd")
@@ -278,9 +280,18 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise MpigdError(f"--progress must be one of {', '.join(PROGRESS)}, got {config.progress!r}")
     if config.straggler is not None:
         config.straggler = parse_straggler(config.straggler)
+    config.seed = _number(config.seed, "--seed", int)  # `--seed 1` arrived as a string: crashed
+    config.jitter = _number(config.jitter, "--jitter")
+    if config.jitter < 0:
+        raise MpigdError(f"--jitter must be >= 0 seconds (0 = none), got {config.jitter}")
     config.kernel = kernel_setting(config.kernel)
     _validate_method(config)
     _validate_evaluation(config)
+    if config.stall_timeout is not None:
+        config.stall_timeout = _number(config.stall_timeout, "--stall-timeout")
+        if not config.stall_timeout >= 0:
+            raise MpigdError(f"--stall-timeout must be >= 0 seconds (0 = no watchdog), got "
+                             f"{config.stall_timeout}")
     for name in ("x_dataset", "y_dataset"):
         if not getattr(config, name):
             raise MpigdError(f"{_option(name)} must not be empty")

@@ -14,6 +14,7 @@ class ExitCode(IntEnum):
     OK = 0
     BUG = 1            # an unexpected exception on some rank: traceback, then MPI_Abort
     USAGE = 2          # one `mpigd: error:` line: fix the input or the options
+    DISK = 74          # a write failed: disk full, quota, I/O error (EX_IOERR of sysexits.h)
     STALLED = 124      # the stall watchdog: some rank stopped answering (like timeout(1))
     TERMINATED = 143   # SIGTERM: stopped at an iteration boundary, checkpoint written
 
@@ -43,6 +44,20 @@ def launcher_rank() -> int:
         if value.isdigit():
             return int(value)
     return 0
+
+
+# Set by launchers in every process of a parallel job (not by sbatch's batch shell, which
+# sets SLURM_NTASKS without starting the tasks).
+_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS")
+
+
+def launcher_size() -> int:
+    """The number of processes the launcher started, without initializing MPI (1 if none)."""
+    for name in _SIZE_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 1
 
 
 def _live_mpi():

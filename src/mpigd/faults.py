@@ -1,11 +1,15 @@
 """Fault injection for the failure tests: make one chosen rank raise at a chosen place.
 
 Set MPIGD_INJECT_FAULT=RANK:PLACE[:ITERATION], PLACE being `load` (while reading the
-data) or `loop` (after the given iteration of training, default 0). Unset, this costs a
+data), `loop` (after the given iteration of training, default 0) or `generate`
+(a rank of a parallel `generate`, after writing its part file); `power` makes the
+rank hang (sleep) in the given pass of the power iteration (stepsize.py). Unset, this costs a
 dictionary lookup at start-up and nothing in the loop.
 """
 
 import os
+
+import numpy as np
 
 
 class InjectedFault(RuntimeError):
@@ -25,3 +29,18 @@ def planned(rank):
 
 def fail(place, rank):
     raise InjectedFault(f"fault injected by MPIGD_INJECT_FAULT at {place} on rank {rank}")
+
+
+class Jitter:
+    """`--jitter MEAN`: a fixed delay plus an exponential sleep of mean MEAN per iteration.
+
+    Seeded by (seed, rank): the same run sleeps the same sequence, and ranks draw
+    independently (i.i.d. draws, as the projection's sync term assumes).
+    """
+
+    def __init__(self, fixed: float, mean: float, seed: int, rank: int) -> None:
+        self.fixed, self.mean = fixed, mean
+        self.rng = np.random.default_rng([seed, rank, 0x6A177E5])
+
+    def __call__(self) -> float:
+        return self.fixed + float(self.rng.exponential(self.mean))

@@ -32,6 +32,8 @@ def of_file(path: str, x_dataset: str, count: int) -> "tuple[list[str], str | No
     """(a name per feature, the import's encoding JSON or None) for the data file `path`."""
     import h5py
 
+    if path.startswith("synthetic:"):  # in-place data (--data synthetic:RxD): no file, no names
+        return default_names(count), None
     with h5py.File(path, "r") as h5file:
         names = names_in(h5file, x_dataset)
         encoding = h5file.attrs.get("encoding")

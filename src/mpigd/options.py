@@ -8,13 +8,13 @@ one message, not sixteen.
 
 import argparse
 
-from . import __version__, importer, method_options, rundir
+from . import __version__, importer, method_options, project_options, rundir
 from .cluster import cli as cluster_cli
 from .config import KERNELS, PROGRESS
 from .errors import MpigdError, launcher_rank
 
-COMMANDS = ("train", "generate", "import", "predict", "solve", "cluster", "scale", "scale-report", "bench-comm", "plot", "bench",
-            "compare")
+COMMANDS = ("train", "generate", "import", "predict", "solve", "cluster", "scale", "scale-report",
+            "bench-comm", "plot", "bench", "compare", "project")
 
 
 def comma_list(text: str, cast, option: str, example: str) -> list:
@@ -69,6 +69,8 @@ def _train_parser(sub):
     p.add_argument("--threads", metavar="N", help="BLAS threads per rank [1 when ranks > 1]")
     p.add_argument("--straggler", metavar="RANK:SECONDS",
                    help="add SECONDS of sleep to RANK's compute each iteration")
+    p.add_argument("--jitter", metavar="SECONDS", help="add an exponential sleep of mean SECONDS "
+                   "(seeded by --seed and rank) to every rank's compute each iteration [0]")
     p.add_argument("--seed", metavar="S", help="seed of the power iteration's start vector [0]")
     p.add_argument("--quiet", action="store_true", help="no progress lines, no summary table")
     p.add_argument("--mode", choices=("server", "allreduce"),
@@ -85,6 +87,10 @@ def _train_parser(sub):
                    help="rank 0's progress: a live bar, a plain line every 10%%, or none; auto: "
                    "lines when the launcher's output is not a terminal, in batch jobs and CI [auto]")
     _evaluation_arguments(p)
+    p.add_argument("--stall-timeout", metavar="SECONDS",
+                   help="end the job (exit 124, one message naming the silent rank) when no "
+                   "iteration completes for SECONDS; 0 = never [the larger of 60 s and 10 x "
+                   "the slowest iteration; 10 x longer while loading or writing]")
     p.add_argument("--resume", metavar="DIR",
                    help="continue the run in DIR from its checkpoint (data and options come "
                    "from the checkpoint; --iters, --tol and a few others may be changed)")
@@ -374,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     _plot_parser(sub)
     _bench_parser(sub)
     method_options.add_compare_parser(sub)
+    project_options.add_parser(sub)  # `project` (issue 15)
     return parser
 
 

@@ -8,6 +8,7 @@ A run directory holds (rank 0 writes them):
   weights.h5            w in original units, the intercept, the config as attributes
   trace.json            the phases of every rank on one timeline (--trace)
   checkpoint.h5         where an unfinished run stood (checkpoint.py)
+  stalled.txt           the stall watchdog's message, if it ended the run (watchdog.py)
 
 A sweep directory (mpigd.studies) holds sweep.json, comm_model.json and the scaling
 report files next to one run directory per run.
@@ -25,6 +26,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from . import diskfull
 from .errors import MpigdError
 
 RESULT = "result.json"
@@ -33,6 +35,7 @@ HISTORY_DIVERGED = "history-diverged.csv"
 WEIGHTS = "weights.h5"
 TRACE = "trace.json"
 CHECKPOINT = "checkpoint.h5"
+STALLED = "stalled.txt"  # the stall watchdog's message, when it ended the run
 
 SWEEP = "sweep.json"
 MODEL = "comm_model.json"
@@ -47,7 +50,7 @@ def _fsync_path(path: str) -> None:
         os.close(descriptor)
 
 
-def atomic_write(path: str, write: Callable[[str], None]) -> str:
+def atomic_write(path: str, write: Callable[[str], None], size: int = 0) -> str:
     """Create `path` atomically: `write(partial_path)` fills a temporary file, then rename.
 
     The temporary file is removed if anything fails (including KeyboardInterrupt), so no
@@ -60,9 +63,13 @@ def atomic_write(path: str, write: Callable[[str], None]) -> str:
         _fsync_path(partial)
         os.replace(partial, path)
         _fsync_path(directory)  # make the rename itself durable
-    except BaseException:
+    except BaseException as exc:
+        failure = None if isinstance(exc, MpigdError) else diskfull.reason(exc)
+        problem = diskfull.error(exc, path, partial, CHECKPOINT, size) if failure else None
         if os.path.exists(partial):
             os.remove(partial)
+        if problem is not None:
+            raise problem from None
         raise
     return path
 
@@ -73,7 +80,7 @@ def write_text(path: str, text: str) -> str:
         with open(partial, "w", newline="") as handle:
             handle.write(text)
 
-    return atomic_write(path, write)
+    return atomic_write(path, write, len(text.encode()))
 
 
 def write_json(path: str, payload, default: Callable | None = None) -> str:

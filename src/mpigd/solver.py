@@ -21,6 +21,7 @@ from enum import IntEnum
 import numpy as np
 from mpi4py import MPI
 
+from . import progress
 from .signals import StopRequest
 from .timing import PhaseClock
 
@@ -139,10 +140,12 @@ class Trajectory:
 def _map(shard, w, packed, stop, straggle_s):
     """Fill packed = [g_k, loss_k, stop_k] from this rank's rows (and play the straggler)."""
     d = w.size
+    progress.STATE[progress.PHASE] = progress.MAPPING    # for the stall watchdog: ~20 ns
     packed[d] = shard.gradient(w, packed[:d])
     packed[d + 1] = stop.raised
-    if straggle_s:
-        time.sleep(straggle_s)
+    if straggle_s:  # seconds, or a faults.Jitter drawing them per iteration
+        time.sleep(straggle_s() if callable(straggle_s) else straggle_s)
+    progress.STATE[progress.PHASE] = progress.WAITING
 
 
 def gradient_descent(comm, shard, w0: np.ndarray, lr: float, rules: StopRules,

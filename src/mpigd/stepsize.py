@@ -5,10 +5,12 @@ was found, and (for --lr auto) the estimate and the passes it took.
 """
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import faults, progress
 from .errors import MpigdError
 
 
@@ -55,13 +57,21 @@ def estimate_lmax(comm, shard, d: int, seed: int = 0, rtol: float = 1e-4,
         v[:] = np.random.default_rng(seed).standard_normal(d)
         v /= np.linalg.norm(v)
     estimate, steps = 0.0, 0
+    hang = faults.planned(comm.rank)  # MPIGD_INJECT_FAULT=RANK:power:STEP hangs that pass
+    hang = hang[1] if hang and hang[0] == "power" else -1
+    progress.enter(progress.POWER)
     while True:
         comm.Bcast(vbuf, root=0)
         if vbuf[d] != 0.0:  # the server's stop flag
             break
+        progress.STATE[progress.PHASE] = progress.MAPPING
         shard.normal_product(v, local)
+        if steps == hang:
+            time.sleep(3600)  # a rank stuck in its map step, for the watchdog's tests
+        progress.STATE[progress.PHASE] = progress.WAITING
         comm.Reduce(local, total, op=MPI.SUM, root=0)
         steps += 1
+        progress.step(steps)
         if root:
             previous, estimate = estimate, float(np.dot(v, total))
             norm = float(np.linalg.norm(total))

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-from . import (__version__, checkpoint, clocks, data, evaluation, faults, methods, rundir, stepsize,
-               synthetic, trace)
+from . import (__version__, checkpoint, clocks, data, evaluation, faults, generate_parallel, methods,
+               progress, rundir, stepsize, synthetic, trace, watchdog)
 from .methods import loop as method_loop
 from .comm import agreed
 from .config import Mode, TrainConfig
@@ -54,7 +54,7 @@ class Job:
     comm: MPI.Comm
     run_dir: str | None       # on rank 0; None elsewhere
     resume: checkpoint.Checkpoint | None
-    straggle_s: float         # this rank's injected delay per iteration
+    straggle_s: "float | faults.Jitter"  # this rank's injected delay per iteration
     stop: StopRequest
     threads: dict
     started: str
@@ -82,10 +82,14 @@ def run(config: TrainConfig, comm: MPI.Comm = MPI.COMM_WORLD,
     run_dir, fresh = _open_run_dir(config, comm, resume)
     try:
         # SIGTERM while loading is honoured too: the flag waits for the first iteration.
-        with on_sigterm(StopRequest()) as stop, blas_threads(config.threads, comm.size) as threads:
+        with on_sigterm(StopRequest()) as stop, blas_threads(config.threads, comm.size) as threads, \
+                watchdog.watching(comm, config.stall_timeout, run_dir,
+                                  resume.iteration if resume else None):
             straggler = config.straggler
-            job = Job(config, comm, run_dir, resume,
-                      straggler.seconds if straggler and straggler.rank == comm.rank else 0.0,
+            delay = straggler.seconds if straggler and straggler.rank == comm.rank else 0.0
+            if config.jitter:
+                delay = faults.Jitter(delay, config.jitter, config.seed, comm.rank)
+            job = Job(config, comm, run_dir, resume, delay,
                       stop, threads, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
             prepared = prepare(job)
             step = resume.step if resume else stepsize.choose(
@@ -124,10 +128,10 @@ def prepare(job: Job) -> Prepared:
     config, comm = job.config, job.comm
     path = config.data or _default_data(comm)
     load_started = time.perf_counter()
-    info, X, y, lo, hi = _load(config, comm, path)
+    info, X, y, lo, hi, checksum = _load(config, comm, path)
     load_s = time.perf_counter() - load_started
     fingerprint = {"rows": info.rows, "features": info.features, "dtype": X.dtype.name,
-                   "checksum": checkpoint.data_checksum(comm, X, y, lo)}
+                   "checksum": checkpoint.data_checksum(comm, X, y, lo, local=checksum)}
     if job.resume is not None:
         checkpoint.check_fingerprint(job.resume.fingerprint, fingerprint, job.run_dir or config.out)
         if job.resume.iteration > config.iters and config.method != "sgd":  # sgd: rounds != steps
@@ -164,23 +168,26 @@ def _default_data(comm, condition: float | None = DEFAULT_CONDITION) -> str:
 
 def _load(config, comm, path):
     """Collective: every rank opens the file, validates it, reads only its own rows."""
+    if path.startswith(synthetic.SOURCE_PREFIX):  # --data synthetic:RxD[:S]: no file
+        return synthetic.generate_shard(comm, path, config.dtype, config.dedicated_server)
     rank, size = comm.rank, comm.size
     workers = size - 1 if config.dedicated_server else size
     fault = faults.planned(rank)
     with agreed(comm, f"reading {path}"), data.readable(path):
         with data.open_input(path) as h5file:
             info = data.inspect(h5file, config.x_dataset, config.y_dataset)
+            generate_parallel.require_parts(h5file)  # a joined file moved without its parts
             if info.rows < workers:
                 most = info.rows + (size - workers)
                 raise MpigdError(f"{info.rows} rows cannot be shared by {workers} workers; "
                                  f"start fewer ranks (`mpirun -n {most}` at most) or use more data")
             dtype = data.compute_dtype(info.x_dtype, config.dtype)
             lo, hi = data.shard_rows(info.rows, size, rank, config.dedicated_server)
-            X, y = data.read_shard(h5file, info, lo, hi, dtype)
+            # read, NaN/Inf check and this rank's checksum in one pass (data.load_shard)
+            X, y, checksum = data.load_shard(h5file, info, lo, hi, dtype)
             if fault and fault[0] == "load":
                 faults.fail("load", rank)
-        data.check_finite(X, y, first_row=lo)
-    return info, X, y, lo, hi
+    return info, X, y, lo, hi, checksum
 
 
 # --- descend -------------------------------------------------------------------------------
@@ -199,6 +206,7 @@ class _AfterIteration:
         self.fault = faults.planned(self.rank)
 
     def __call__(self, t: int, w: np.ndarray) -> None:
+        progress.step(t + 1)  # the watchdog's sign of life: iteration t is done
         if self.watch is not None:
             self.watch(t, w, self.rules)  # collective when it evaluates held-out rows
         if self.root:
@@ -237,9 +245,11 @@ def descend(job: Job, prepared: Prepared, step: StepSize):
     # Overflow is detected (rules.decide checks loss and |g| every iteration) and reported
     # as divergence: numpy's own warnings would only add noise to that one message.
     before = clocks.measure(job.comm)
+    progress.enter(progress.LOOP, rules.start)
     with np.errstate(over="ignore", invalid="ignore"):
         trajectory = loop(job.comm, prepared.shard, w0, step.lr, rules, straggle_s=job.straggle_s,
                           stop=job.stop, on_iteration=_AfterIteration(job, rules, saver, prepared.watch))
+    progress.enter(progress.FINISHING)
     after = clocks.measure(job.comm)
     trajectory.method, trajectory.setup_rounds = method, setup
     return saver, trajectory, (clocks.Alignment(before, after) if before is not None else None)
@@ -349,7 +359,8 @@ def _result(job, prepared, step, saver, trajectory, seconds, facts) -> Result:
         version=__version__, config=config.to_dict(), mode=config.mode.value, ranks=len(facts),
         workers=len(facts) - 1 if config.dedicated_server else len(facts),
         rows=info.rows, features=info.features, dtype=prepared.shard.X.dtype.name,
-        data=DataSource(path=os.path.abspath(prepared.path), x_dataset=info.x_name,
+        data=DataSource(path=prepared.path if prepared.path.startswith(synthetic.SOURCE_PREFIX)
+                        else os.path.abspath(prepared.path), x_dataset=info.x_name,
                         y_dataset=info.y_name, x_dtype=info.x_dtype, y_dtype=info.y_dtype),
         run_dir=os.path.abspath(job.run_dir), iterations=rules.updates, evaluations=evaluations,
         stop_reason=trajectory.outcome.reason, final_loss=float(loss[-1]),

@@ -17,6 +17,7 @@ import time
 import numpy as np
 from mpi4py import MPI
 
+from .. import progress
 from ..config import Mode
 from ..signals import StopRequest
 from ..solver import CONTINUE, Outcome, StopRules, Trajectory
@@ -45,10 +46,12 @@ def run(comm, shard, method, rules: StopRules, mode: Mode, straggle_s: float = 0
         t1 = now()
         if xbuf[d] != CONTINUE:
             break
+        progress.STATE[progress.PHASE] = progress.MAPPING    # for the stall watchdog: ~20 ns
         method.map(shard, int(xbuf[d + 1]), xbuf[:d], xbuf[d + 2], packed)  # 2. Map
         packed[d + 1] = stop.raised
-        if straggle_s:
-            time.sleep(straggle_s)
+        if straggle_s:  # seconds, or a faults.Jitter drawing them per iteration
+            time.sleep(straggle_s() if callable(straggle_s) else straggle_s)
+        progress.STATE[progress.PHASE] = progress.WAITING
         t2 = now()
         comm.Barrier()                                       #    wait for the slowest (sync)
         t3 = now()

@@ -6,6 +6,7 @@ From one run it measures, next to each other, and prints one table (or --json):
   comm         bare Bcast+Reduce of the trainer's buffers vs the real solver loop
                (solver.gradient_descent on a tiny shard, so only communication is left)
   clocks       the instrumentation's own cost per iteration, vs an iteration at 1e6 x 100
+  load         mpigd's load of a shard (read + NaN/Inf check + checksum) vs plain h5py X[a:b]
   memory       peak RSS per rank of real trainer runs vs their shard bytes
   start-up     wall time of a tiny 10-iteration 2-rank run, end to end (mpirun included)
   scaling      2-rank speedup of the trainer vs the two-process read-bandwidth ceiling
@@ -37,6 +38,7 @@ from ..solver import StopRules, gradient_descent
 from ..synthetic import generate
 from ..timing import BCAST, REDUCE, SYNC, PhaseClock
 from . import probe
+from .load_bench import load_case
 from .bench_table import RSS_EXTRA_MB, RSS_FACTOR, table
 
 REFERENCE_ROWS, REFERENCE_FEATURES = 1_000_000, 100    # "an iteration at 1e6 x 100"
@@ -248,6 +250,12 @@ def measure_all(comm, rows_mb, features, dtypes, repeat, comm_iters=2000, train_
         result["comm"] = comm_case(comm, comm_features, comm_iters, repeat)
     elif not skip_runs:
         result["comm"] = _comm_subprocess(comm_features, comm_iters, repeat, timeout)
+    if comm.size == 1:  # the load row: mpigd's load vs a plain h5py read, same file
+        load_dir = tempfile.mkdtemp(prefix="mpigd-load-", dir=work_dir)
+        try:
+            result["load"] = load_case(load_dir, rows_bytes, REFERENCE_FEATURES, repeat)
+        finally:
+            shutil.rmtree(load_dir, ignore_errors=True)
     if comm.size == 1 and not skip_runs:
         work = work_dir or tempfile.mkdtemp(prefix="mpigd-bench-")
         os.makedirs(work, exist_ok=True)

@@ -145,7 +145,7 @@ def sweep(args, say=_say) -> dict:
     template = args.launcher or default_launcher()
     launcher_argv(template, 1)
     _record_plan(args, plan, out, template)
-    data = _data_per_rank_count(args, plan, out, say)
+    data = _data_per_rank_count(args, plan, out, template, say)
     kernel = _one_kernel(data[plan.ranks[0]], plan.ranks[0] - 1 if plan.dedicated else plan.ranks[0],
                          plan.train_args)
     say(f"  gradient kernel for every run: {kernel}")
@@ -177,7 +177,7 @@ def _record_plan(args, plan, out, template):
                        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
-def _data_per_rank_count(args, plan, out, say):
+def _data_per_rank_count(args, plan, out, template, say):
     """{rank count: data file}: --data, or synthetic data (weak: --rows per worker) made once."""
     data_dir = args.data_dir or os.path.join(out, "data")
     data = {}
@@ -186,11 +186,24 @@ def _data_per_rank_count(args, plan, out, say):
             data[m] = args.data
             continue
         rows = args.rows if args.kind == "strong" else args.rows * (m - 1 if plan.dedicated else m)
-        path = os.path.join(data_dir, synthetic.file_name(rows, args.features, args.seed))
-        if not os.path.exists(path):
-            say(f"mpigd scale: generating {path} ({rows} x {args.features} float64)")
-        data[m], _ = synthetic.ensure(data_dir, rows, args.features, args.seed)
+        # strong: the one file, written by the most ranks the sweep starts
+        data[m] = _generated(args, template, data_dir, rows, m if args.kind == "weak" else plan.ranks[-1], say)
     return data
+
+
+def _generated(args, template, data_dir, rows, ranks, say):
+    """The synthetic file of `rows` rows, generated (if absent) through the launcher on `ranks`
+    ranks, each its own blocks: weak-scaling data grow with the ranks, so does its writing."""
+    path = os.path.join(data_dir, synthetic.file_name(rows, args.features, args.seed))
+    if synthetic.matches(path, rows, args.features, args.seed, synthetic.NOISE, "float64"):
+        return path
+    say(f"mpigd scale: generating {path} ({rows} x {args.features} float64) on {ranks} "
+        f"rank{'s' if ranks > 1 else ''}")
+    argv = launcher_argv(template, ranks) + [
+        sys.executable, "-m", "mpigd", "generate", "--rows", rows, "--features", args.features,
+        "--seed", args.seed, "--out-dir", data_dir]
+    run_job(argv, args.timeout, f"generating {path}")
+    return path
 
 
 def _run_one(args, plan, out, template, index, run, data, kernel, say):

@@ -1,0 +1,55 @@
+"""The bench's load row: mpigd's load of a shard vs a plain h5py slice read of the same rows.
+
+Both run in this process on the same file (page cache warm after one untimed read each),
+in turn round by round so that a passing load on the machine hits both alike. mpigd's side
+is what every rank does in train._load: open and validate the file, then data.load_shard
+(the read, the NaN/Inf check and the resume checksum in one pass). The plain side is
+`X[a:b]`, `y[a:b]` and nothing else.
+"""
+
+import os
+import statistics
+import time
+
+import h5py
+
+from .. import data
+from ..synthetic import generate
+
+
+def _plain(path, lo, hi):
+    with h5py.File(path, "r") as f:
+        return f["X"][lo:hi], f["y"][lo:hi]
+
+
+def _mpigd(path, lo, hi):
+    with data.open_input(path) as f:
+        info = data.inspect(f, "X", "y")
+        dtype = data.compute_dtype(info.x_dtype)
+        return data.load_shard(f, info, lo, hi, dtype)
+
+
+def load_case(work, rows_bytes, features, repeat):
+    """Median seconds of both loads of a rows_bytes float64 file, and their ratio."""
+    rows = max(8, rows_bytes // (features * 8))
+    path = os.path.join(work, f"load-{rows}x{features}.h5")
+    generate(path, rows, features)
+    timed = {"plain": _plain, "mpigd": _mpigd}
+    seconds = {name: [] for name in timed}
+    try:
+        for fn in timed.values():
+            fn(path, 0, rows)  # warm: page cache, imports
+        for _ in range(max(5, repeat)):  # a read is short and noisy: at least 5 rounds
+            for name, fn in timed.items():
+                started = time.perf_counter()
+                loaded = fn(path, 0, rows)
+                seconds[name].append(time.perf_counter() - started)
+                del loaded  # freed before the next read: both start from the same memory state
+    finally:
+        os.remove(path)
+    plain, mine = (statistics.median(seconds[k]) for k in ("plain", "mpigd"))
+    return {"rows": rows, "features": features, "bytes": rows * (features + 1) * 8,
+            "plain_s": plain, "mpigd_s": mine, "ratio": mine / plain,
+            "plain_all_s": seconds["plain"], "mpigd_all_s": seconds["mpigd"]}
+
+

@@ -1,0 +1,168 @@
+"""`mpirun -n P python -m mpigd generate`: the serial command's values, every rank its blocks.
+
+Without an MPI-enabled h5py the ranks write part files that the named file joins as HDF5
+virtual datasets; the file then trains and resumes like any other, and a failure on any
+rank leaves neither the file nor any part behind.
+"""
+
+import glob
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import mpirun, python_m
+from mpigd import synthetic
+
+# 1000 features: blocks of 4194 rows; 10485 rows are 2.5 blocks (the last one partial).
+FEATURES, ROWS = 1000, 10485
+
+
+def _contents(path):
+    with h5py.File(path, "r") as f:
+        return {name: f[name][()] for name in ("X", "y", "w_true")}, dict(f.attrs), \
+            f["X"].is_virtual
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory):
+    out = tmp_path_factory.mktemp("serial") / "serial.h5"
+    proc = python_m("generate", "--rows", ROWS, "--features", FEATURES, "--seed", 5,
+                    "--dtype", "float32", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    return _contents(out)
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3])
+def test_same_values_as_the_serial_command(serial, tmp_path, ranks):
+    out = tmp_path / "data.h5"
+    run = mpirun(ranks, "generate", "--rows", ROWS, "--features", FEATURES, "--seed", 5,
+                 "--dtype", "float32", "--out", out)
+    assert run.returncode == 0, run
+    assert run.stdout.count("mpigd: wrote") == 1  # rank 0 speaks
+    data, attrs, virtual = _contents(out)
+    reference, reference_attrs, _ = serial
+    for name in reference:
+        assert data[name].dtype == np.float32
+        assert data[name].tobytes() == reference[name].tobytes(), name
+    assert {k: v for k, v in attrs.items() if k != "parts"} == reference_attrs
+    assert virtual == (ranks > 1)
+    parts = glob.glob(str(tmp_path / ".data.h5.parts-*" / "part-*.h5"))
+    assert len(parts) == (min(ranks, 3) if ranks > 1 else 0)  # a part per rank (3 blocks)
+
+
+def test_more_ranks_than_blocks_and_regenerating_replaces_the_parts(tmp_path):
+    out = tmp_path / "small.h5"
+    args = ("generate", "--rows", 1001, "--features", 7, "--seed", 2, "--out", out)
+    for _ in range(2):
+        run = mpirun(3, *args)  # one block: ranks 1 and 2 write nothing
+        assert run.returncode == 0, run
+    assert len(glob.glob(str(tmp_path / ".small.h5.parts-*"))) == 1  # the old parts are gone
+    X, y = synthetic.rows_between(1001, 7, 2, 0, 1001)
+    data, _, virtual = _contents(out)
+    assert virtual and data["X"].tobytes() == X.tobytes() and data["y"].tobytes() == y.tobytes()
+
+
+def test_a_failure_on_one_rank_leaves_no_file_and_no_parts(tmp_path):
+    out = tmp_path / "failed.h5"
+    run = mpirun(3, "generate", "--rows", ROWS, "--features", FEATURES, "--dtype", "float32",
+                 "--out", out, env={"MPIGD_INJECT_FAULT": "2:generate"})
+    assert run.returncode != 0
+    assert "fault injected" in run.stderr and run.stderr.count("fault injected") == 1, run
+    assert os.listdir(tmp_path) == []
+
+
+def test_out_dir_is_reused_under_mpirun(tmp_path):
+    first = mpirun(2, "generate", "--rows", 500, "--features", 3, "--out-dir", tmp_path)
+    again = mpirun(2, "generate", "--rows", 500, "--features", 3, "--out-dir", tmp_path)
+    assert first.returncode == 0 and again.returncode == 0, (first, again)
+    path = str(tmp_path / synthetic.file_name(500, 3, 0))
+    assert first.stdout.strip() == again.stdout.strip() == path
+    assert len(glob.glob(str(tmp_path / ".*.parts-*"))) == 1
+
+
+def test_a_joined_file_trains_and_resumes_like_any_other(tmp_path):
+    # 2 blocks of 4194 rows (1000 features), so both ranks wrote a part
+    data, plain = tmp_path / "joined.h5", tmp_path / "plain.h5"
+    args = ("--rows", 4300, "--features", FEATURES, "--seed", 1, "--dtype", "float32")
+    assert mpirun(2, "generate", *args, "--out", data).returncode == 0
+    assert python_m("generate", *args, "--out", plain).returncode == 0
+    fixed = ("--iters", 12, "--tol", 0, "--quiet")
+    reference = mpirun(2, "--data", plain, *fixed, out=str(tmp_path / "reference"))
+    crashed = mpirun(2, "--data", data, *fixed, "--checkpoint-every", 4,
+                     out=str(tmp_path / "crashed"), env={"MPIGD_INJECT_FAULT": "1:loop:6"})
+    assert reference.returncode == 0 and crashed.returncode != 0, (reference, crashed)
+    resumed = mpirun(2, "--resume", tmp_path / "crashed")
+    resumed.out = str(tmp_path / "crashed")
+    assert resumed.returncode == 0, resumed
+    assert resumed.result["resumed_from"] == 4
+    assert resumed.weights[0].tobytes() == reference.weights[0].tobytes()
+
+
+def test_a_joined_file_without_its_parts_is_refused_with_the_reason(tmp_path):
+    data = tmp_path / "joined.h5"
+    assert mpirun(2, "generate", "--rows", 300, "--features", 3, "--out", data).returncode == 0
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    os.rename(data, moved / "joined.h5")  # without its parts directory
+    run = mpirun(2, "--data", moved / "joined.h5", "--iters", 2, "--quiet", out=str(tmp_path / "r"))
+    assert run.returncode == 2 and "copy or move the file together with" in run.stderr, run
+    assert run.stderr.count("mpigd: error") == 1
+
+
+# --- in-place data: --data synthetic:ROWSxFEATURES[:SEED] --------------------------------
+
+@pytest.mark.parametrize("ranks", [1, 2, 3, 7])
+def test_rows_generated_in_memory_are_the_files_rows(serial, ranks):
+    from mpigd.data import block_range
+
+    reference = serial[0]
+    for rank in range(ranks):
+        lo, hi = block_range(ROWS, ranks, rank)  # the trainer's partition: not block-aligned
+        X, y = synthetic.rows_between(ROWS, FEATURES, 5, lo, hi, dtype="float32")
+        assert X.tobytes() == reference["X"][lo:hi].tobytes()
+        assert y.tobytes() == reference["y"][lo:hi].tobytes()
+
+
+@pytest.fixture(scope="module")
+def small_file(tmp_path_factory):
+    out = tmp_path_factory.mktemp("small") / "small.h5"
+    assert python_m("generate", "--rows", 1003, "--features", 6, "--seed", 4, "--out",
+                    out).returncode == 0
+    return str(out)
+
+
+FIXED = ("--iters", 30, "--tol", 0, "--lr", 2e-4, "--quiet")
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3])
+def test_in_place_data_train_as_the_file_does(small_file, tmp_path, ranks):
+    from_file = mpirun(ranks, "--data", small_file, *FIXED, out=str(tmp_path / "file"))
+    in_place = mpirun(ranks, "--data", "synthetic:1003x6:4", *FIXED, out=str(tmp_path / "mem"))
+    assert from_file.returncode == 0 and in_place.returncode == 0, (from_file, in_place)
+    assert in_place.weights[0].tobytes() == from_file.weights[0].tobytes()
+    assert in_place.result["data"]["path"] == "synthetic:1003x6:4"
+    assert in_place.result["config"]["data"] == "synthetic:1003x6:4"
+    assert in_place.result["final_loss"] == from_file.result["final_loss"]
+
+
+def test_in_place_data_resume_bitwise(tmp_path):
+    reference = mpirun(3, "--data", "synthetic:1003x6:4", *FIXED, out=str(tmp_path / "reference"))
+    out = str(tmp_path / "crashed")
+    crashed = mpirun(3, "--data", "synthetic:1003x6:4", *FIXED, "--checkpoint-every", 5, out=out,
+                     env={"MPIGD_INJECT_FAULT": "2:loop:12"})
+    assert reference.returncode == 0 and crashed.returncode != 0, (reference, crashed)
+    resumed = mpirun(3, "--resume", out)
+    resumed.out = out
+    assert resumed.returncode == 0, resumed
+    assert resumed.result["resumed_from"] == 10
+    assert resumed.weights[0].tobytes() == reference.weights[0].tobytes()
+
+
+@pytest.mark.parametrize("spec", ["synthetic:10x", "synthetic:0x5", "synthetic:10x5:-1",
+                                  "synthetic:axb"])
+def test_a_bad_in_place_spec_is_one_clear_message(tmp_path, spec):
+    run = mpirun(2, "--data", spec, "--iters", 2, "--quiet", out=str(tmp_path / "r"))
+    assert run.returncode == 2 and run.stderr.count("mpigd: error") == 1, run
+    assert "synthetic:ROWSxFEATURES[:SEED]" in run.stderr
