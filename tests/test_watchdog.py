@@ -15,10 +15,10 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import mpirun, write_h5
+from conftest import mpirun, needs_hydra, write_h5
 from mpigd import checkpoint, watchdog
 from mpigd.cluster.launch import JOB_TOKEN, tagged_processes
-from mpigd.launch import mpi_command
+from mpigd.launch import mpi_command, mpi_family
 
 STALL_S = 3
 EVERY = 100
@@ -42,7 +42,9 @@ def _rank_pid(token, rank):
                 cmd = handle.read()
         except OSError:
             continue
-        if f"PMI_RANK={rank}".encode() in env and b"mpigd" in cmd:
+        # hydra says PMI_RANK, Open MPI's mpirun OMPI_COMM_WORLD_RANK
+        if {f"PMI_RANK={rank}".encode(), f"OMPI_COMM_WORLD_RANK={rank}".encode()} & set(env) \
+                and b"mpigd" in cmd:
             return pid
     return None
 
@@ -166,7 +168,8 @@ def test_a_rank_asleep_in_its_map_step_is_named_as_alive_but_computing(data, tmp
         code, _, err = job.finish(timeout=30)
     finally:
         job.close()
-    assert code == 143, err
+    # Open MPI's mpirun passes SIGTERM on a second later and exits 1 (README: Launchers)
+    assert code == (1 if mpi_family() == "Open MPI" else 143), err
     before = checkpoint.load(out).iteration
     started = time.monotonic()
     run = mpirun(2, "--resume", out, "--straggler", f"{slow}:600", "--stall-timeout", STALL_S,
@@ -229,6 +232,7 @@ def _iptables(netns, action, rules):
                        check=action == "-A", capture_output=True, timeout=30)
 
 
+@needs_hydra
 @pytest.mark.parametrize("mode", ["server", "allreduce"])
 @pytest.mark.parametrize("fault", ["partition", "sigstop"])
 def test_a_partitioned_or_frozen_host_is_named_and_the_job_ends(data, tmp_path, mode, fault):
@@ -272,6 +276,8 @@ def test_a_partitioned_or_frozen_host_is_named_and_the_job_ends(data, tmp_path, 
     _assert_resumes_bitwise(data, out, tmp_path, 2, mode)
 
 
+@pytest.mark.skipif(mpi_family() == "Open MPI", reason="the segments reaped are MPICH's /dev/shm/mpich_shm_*; "
+                    "Open MPI's vader segments are not handled yet")
 def test_a_killed_jobs_shm_segment_is_removed_and_no_other_is_touched(data, tmp_path):
     from conftest import mapped_segments, reap_segments, shm_segments
 
