@@ -138,7 +138,9 @@ def test_partition_stops_traffic_and_heal_restores_it(cluster_env):
 def test_clock_offsets_differ_across_hosts(cluster_env):
     name, root = cluster_env
     with Cluster.up(name, hosts=2, clock_offsets="0,1.5", root=root) as c:
-        code = "import time; from mpi4py import MPI; print(MPI.COMM_WORLD.Get_rank(), time.monotonic())"
+        # Rank 0 prints both clocks: two ranks printing at once can interleave their lines.
+        code = ("import time; from mpi4py import MPI; t = MPI.COMM_WORLD.gather(time.monotonic()); "
+                "MPI.COMM_WORLD.Get_rank() or print(*(f'{r} {v}' for r, v in enumerate(t)), sep='\\n')")
         job = c.run([sys.executable, "-c", code], n=2, timeout=TIMEOUT)
         assert job.returncode == 0, job
         clocks = dict(line.split() for line in job.stdout.split("\n") if line.strip())

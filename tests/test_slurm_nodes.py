@@ -252,10 +252,12 @@ def test_scancel_term_across_nodes_stops_cleanly_and_resumes_bitwise(nodes, data
     assert weights(job) == weights(reference)  # same ranks and nodes: bitwise the same w
 
 
-def test_a_scaling_sweep_across_nodes_reports_the_placement(nodes):
+def test_a_scaling_sweep_across_nodes_reports_the_placement(nodes, data):
     sweep = nodes.workdir / "sweep"
+    # The data given (--data): generation inside the allocation is tested on one node
+    # (test_slurm.py); here the runs' placement is the point.
     proc = nodes.run(str(SLURM_SCRIPTS / "submit_scaling.sh"), "--mode", "strong", "--ranks", "1,2,4",
-                     "--tasks-per-node", 1, "--rows", 20000, "--features", 8, "--iters", 10,
+                     "--tasks-per-node", 1, "--data", data, "--iters", 10,
                      "--shared", "--out", sweep, "--wait", check=False, timeout=300)
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{nodes.log_tail()}"
     for n in (1, 2, 4):

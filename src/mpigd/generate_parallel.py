@@ -111,10 +111,14 @@ def write(comm, path: str, data: Rows, split: list[tuple[int, int]], mpio: bool)
 def _write_part(part: str, data: Rows, lo: int, hi: int) -> None:
     import h5py
 
-    with h5py.File(part, "w") as f:
+    # Written under a temporary name and renamed, like every file mpigd writes: a part
+    # that exists is complete, whatever happened to the rank that wrote it.
+    partial = part + ".partial"
+    with h5py.File(partial, "w") as f:
         X, y = data.create(f, hi - lo)
         data.fill(X, y, lo)
-    _fsync(part)
+    _fsync(partial)
+    os.replace(partial, part)
 
 
 def _write_joined(path: str, parts_dir: str, data: Rows, split) -> None:

@@ -169,7 +169,8 @@ def _default_data(comm, condition: float | None = DEFAULT_CONDITION) -> str:
 def _load(config, comm, path):
     """Collective: every rank opens the file, validates it, reads only its own rows."""
     if path.startswith(synthetic.SOURCE_PREFIX):  # --data synthetic:RxD[:S]: no file
-        return synthetic.generate_shard(comm, path, config.dtype, config.dedicated_server)
+        # No read to fuse the checksum into: None lets data_checksum make its own pass.
+        return (*synthetic.generate_shard(comm, path, config.dtype, config.dedicated_server), None)
     rank, size = comm.rank, comm.size
     workers = size - 1 if config.dedicated_server else size
     fault = faults.planned(rank)
