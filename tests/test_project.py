@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import mpirun, python_m
+from conftest import mpirun, needs_hydra, python_m
 from mpigd.studies.hockney import message_hops
 from mpigd.studies.project import parse_quantity
 from mpigd.studies.projection import Baseline, Network, expected_max_excess, peak, project
@@ -132,6 +132,7 @@ def test_the_sync_term_predicts_a_jittered_run(tmp_path):
     assert measured > 0.0015
 
 
+@needs_hydra
 def test_four_emulated_hosts_predicted_from_a_one_and_two_host_fit(tmp_path):
     """The projection's whole time per iteration at 4 hosts, from a fit without 4 hosts."""
     from test_across_hosts import _need_root, cluster_scale
