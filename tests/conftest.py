@@ -93,18 +93,20 @@ def problem(tmp_path):
     return X, y, write_h5(tmp_path / "data.h5", X, y)
 
 
-# --- /dev/shm: MPICH's segments of the jobs these tests kill -----------------------------------
+# --- /dev/shm: the MPI library's segments of the jobs these tests kill -----------------------------------
 # MPICH unlinks its /dev/shm/mpich_shm_* segment in MPI_Finalize; a job that is aborted or
 # killed (the failure and watchdog tests do that on purpose) never gets there, and the
 # segment stays. After each test, the segments that appeared during it and that no live
 # process maps any more are removed. Other jobs' segments (mapped, or older) are not touched.
 
 SHM = "/dev/shm"
+# MPICH's segments, Open MPI 4's shared-memory transport (vader) and Open MPI 5's (sm).
+SEGMENT_PREFIXES = ("mpich_shm_", "vader_segment.", "sm_segment.")
 
 
 def shm_segments() -> set[str]:
     try:
-        return {name for name in os.listdir(SHM) if name.startswith("mpich_shm_")}
+        return {name for name in os.listdir(SHM) if name.startswith(SEGMENT_PREFIXES)}
     except FileNotFoundError:
         return set()
 
@@ -118,8 +120,10 @@ def mapped_segments() -> set[str]:
         try:
             with open(f"/proc/{entry}/maps") as handle:
                 for line in handle:
-                    if "/dev/shm/mpich_shm_" in line:
-                        found.add(line.rsplit("/", 1)[1].split()[0])
+                    if "/dev/shm/" in line:
+                        name = line.rsplit("/", 1)[1].split()[0]
+                        if name.startswith(SEGMENT_PREFIXES):
+                            found.add(name)
         except OSError:
             continue
     return found

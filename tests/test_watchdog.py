@@ -276,8 +276,6 @@ def test_a_partitioned_or_frozen_host_is_named_and_the_job_ends(data, tmp_path, 
     _assert_resumes_bitwise(data, out, tmp_path, 2, mode)
 
 
-@pytest.mark.skipif(mpi_family() == "Open MPI", reason="the segments reaped are MPICH's /dev/shm/mpich_shm_*; "
-                    "Open MPI's vader segments are not handled yet")
 def test_a_killed_jobs_shm_segment_is_removed_and_no_other_is_touched(data, tmp_path):
     from conftest import mapped_segments, reap_segments, shm_segments
 
@@ -285,6 +283,12 @@ def test_a_killed_jobs_shm_segment_is_removed_and_no_other_is_touched(data, tmp_
     run = mpirun(2, "--data", data, "--iters", 50, "--quiet", out=str(tmp_path / "r"),
                  env={"MPIGD_INJECT_FAULT": "1:loop:3"})
     assert run.returncode != 0
+    if mpi_family() == "Open MPI":
+        # Open MPI's mpirun removes its vader segments itself when a job aborts: none is
+        # left for the reaper (it is only needed for ranks killed under srun).
+        time.sleep(2)
+        assert not shm_segments() - before - mapped_segments()
+        return
     leaked = _wait_for(lambda: shm_segments() - before - mapped_segments(), 10,
                        "MPICH to leave the aborted job's segment behind")
     removed = reap_segments(before)
