@@ -124,9 +124,13 @@ def test_sigterm_then_resume_cg_is_bitwise(conditioned, tmp_path):
     path = conditioned[0]
     args = ["--data", path, "--method", "cg", "--iters", "200000", "--tol", "0", "--quiet"]
     out = str(tmp_path / "term")
-    job = subprocess.Popen(mpi_command(2, *args, "--out", out), stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    time.sleep(4)
+    job = subprocess.Popen(mpi_command(2, *args, "--checkpoint-every", "50", "--out", out),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           stdin=subprocess.DEVNULL)
+    # A first checkpoint proves the loop runs (a fixed sleep raced the start-up in CI).
+    deadline = time.monotonic() + 60
+    while not os.path.exists(os.path.join(out, "checkpoint.h5")) and time.monotonic() < deadline:
+        time.sleep(0.05)
     job.send_signal(signal.SIGTERM)
     _, stderr = job.communicate(timeout=60)
     assert job.returncode != 0 and "received SIGTERM" in stderr, stderr
