@@ -49,14 +49,6 @@ def missing_parts(h5file) -> str | None:
             "together with that directory, or generate it again")
 
 
-def _fsync(path: str) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def _token(comm) -> str:
     """A name for this write's parts directory, the same on every rank."""
     stamp = np.array([os.getpid(), time.time_ns()], dtype=np.int64)
@@ -96,7 +88,7 @@ def write(comm, path: str, data: Rows, split: list[tuple[int, int]], mpio: bool)
                 faults.fail("generate, after its part file", comm.rank)
         with agreed(comm, f"joining the parts in {path}"):
             if comm.rank == 0:
-                _fsync(parts_dir)
+                rundir.fsync_path(parts_dir)
                 _write_joined(path, parts_dir, data, split)
     except BaseException:
         if comm.rank == 0:  # the others have left their parts (agreed), or the job is ending
@@ -117,7 +109,7 @@ def _write_part(part: str, data: Rows, lo: int, hi: int) -> None:
     with h5py.File(partial, "w") as f:
         X, y = data.create(f, hi - lo)
         data.fill(X, y, lo)
-    _fsync(partial)
+    rundir.fsync_path(partial)
     os.replace(partial, part)
 
 
@@ -173,7 +165,7 @@ def _write_mpio(comm, path: str, data: Rows, mine: tuple[int, int]) -> None:
                 data.fill(_Window(X, lo, hi), _Window(y, lo, hi), lo)
         with agreed(comm, f"renaming {partial} to {path}"):
             if comm.rank == 0:
-                _fsync(partial)
+                rundir.fsync_path(partial)
                 os.replace(partial, path)
     except BaseException:
         if comm.rank == 0 and os.path.exists(partial):

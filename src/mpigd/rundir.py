@@ -42,7 +42,8 @@ MODEL = "comm_model.json"
 REPORT_FILES = ("scaling.csv", "scaling.json", "scaling.txt")
 
 
-def _fsync_path(path: str) -> None:
+def fsync_path(path: str) -> None:
+    """Flush a file's (or a directory's) data to disk: what makes a rename durable."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
@@ -60,9 +61,9 @@ def atomic_write(path: str, write: Callable[[str], None], size: int = 0) -> str:
     partial = f"{path}.partial-{os.getpid()}"
     try:
         write(partial)
-        _fsync_path(partial)
+        fsync_path(partial)
         os.replace(partial, path)
-        _fsync_path(directory)  # make the rename itself durable
+        fsync_path(directory)  # make the rename itself durable
     except BaseException as exc:
         failure = None if isinstance(exc, MpigdError) else diskfull.reason(exc)
         problem = diskfull.error(exc, path, partial, CHECKPOINT, size) if failure else None
