@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import scan
+from . import rawread, scan
 from .errors import MpigdError
 
 # Row blocks for the NaN/Inf scan: big enough to amortize numpy's call overhead, small
@@ -20,6 +20,8 @@ _SCAN_BYTES = 4 << 20
 # is then checked and summed in L2-sized parts.
 _BLOCK_BYTES = 32 << 20
 _SCAN_PART_BYTES = 512 << 10  # a part of a block that stays in L2 between its two scans
+_FAST_PART_BYTES = 64 << 20   # numba's one pass: parts only to let signals in between
+_MAPPED_PART_BYTES = 4 << 20  # at most this much of the file mapped in at once (see rawread)
 
 
 def block_range(n, parts, index):
@@ -184,35 +186,64 @@ def read_shard(h5file, info, lo, hi, dtype):
     return X, y
 
 
-def load_shard(h5file, info, lo, hi, dtype):
+def load_shard(h5file, info, lo, hi, dtype, fast=False):
     """(X, y, local checksum) of rows [lo, hi): read, checked for NaN/Inf and summed in one pass.
 
-    X is read straight into its preallocated array, block by block (about _BLOCK_BYTES,
-    whole HDF5 chunks), and each block is checked and added to the checksum in parts
-    small enough to stay in L2 for both (see scan.py). HDF5 converts the type as it
-    reads, so a float32 file read as float64 (or the reverse) never holds a second
-    full-size copy. The checksum is this rank's part of checkpoint.data_checksum; a NaN
-    or Inf raises check_finite's error.
+    Where the dataset's bytes are the array's (rawread.py) they are mapped from the file
+    and copied into X by the pass that checks them and adds them to the checksum (with
+    `fast`, numba's one pass, scan_fused.py); else HDF5 reads X block by block (about
+    _BLOCK_BYTES, whole chunks) and each block is scanned right after its read.
+    HDF5 converts the type as it reads, so a float32 file read as float64 (or the
+    reverse) never holds a second full-size copy. The checksum is this rank's part of
+    checkpoint.data_checksum; a NaN or Inf raises check_finite's error.
     """
     X, y = _allocated(info, lo, hi, dtype)
     if hi == lo:
         return X, y, 0
     _read_y(h5file, info, lo, hi, y)
-    d = info.features
+    finite, total = scan.checked_sum(y, lo)
+    dataset = h5file[info.x_name]
+    raw = rawread.source(h5file, dataset, dtype)
     with np.errstate(over="ignore"):  # the checksum is modulo 2^64 on purpose
-        finite = scan.all_finite(y)
-        total = scan.weighted_sum(y, lo) * np.uint64(3)
-        for a, _, block in _blocks(h5file[info.x_name], X, lo):
-            # A large read does not leave its block in cache, so the block is scanned in
-            # parts that fit L2: the float sum brings a part in, the checksum finds it there.
-            step = max(1, _SCAN_PART_BYTES // max(1, d * X.itemsize))
-            for s in range(0, len(block), step):
-                part = block[s : s + step]
-                finite = scan.all_finite(part) and finite
-                total += scan.weighted_sum(part, (lo + a + s) * d)
-    if not finite:
+        total *= np.uint64(3)
+        if raw:
+            x_finite, x_total = _copied(raw, X, lo, fast)
+        else:
+            x_finite, x_total = _read_and_scanned(dataset, X, lo, fast)
+        total += x_total
+    if not (finite and x_finite):
         check_finite(X, y, first_row=lo)
     return X, y, int(total)
+
+
+def _copied(raw, X, lo, fast):
+    """Copy mapped rows into X, scanning them on the way: (all finite, checksum of X)."""
+    d = X.shape[1]
+    # fast: parts only bound what is mapped at once; numpy: parts that stay in L2 from
+    # the copy to the scan's last pass
+    step = _part_rows(_MAPPED_PART_BYTES if fast else _SCAN_PART_BYTES, d, X.itemsize)
+    finite, total = True, np.uint64(0)
+    for a, rows in rawread.parts(*raw, lo, X.shape, X.dtype, step):
+        part_finite, part_total = scan.checked_copy(rows, X[a : a + len(rows)], (lo + a) * d, fast)
+        finite, total = finite and part_finite, total + part_total
+    return finite, total
+
+
+def _read_and_scanned(dataset, X, lo, fast):
+    """Read X by HDF5, scanning each block after its read: (all finite, checksum of X)."""
+    d = X.shape[1]
+    # A large read does not leave its block in cache: numpy scans it in parts that fit L2
+    step = _part_rows(_FAST_PART_BYTES if fast else _SCAN_PART_BYTES, d, X.itemsize)
+    finite, total = True, np.uint64(0)
+    for a, _, block in _blocks(dataset, X, lo):
+        for s in range(0, len(block), step):
+            part_finite, part_total = scan.checked_sum(block[s : s + step], (lo + a + s) * d, fast)
+            finite, total = finite and part_finite, total + part_total
+    return finite, total
+
+
+def _part_rows(part_bytes, features, itemsize):
+    return max(1, part_bytes // max(1, features * itemsize))
 
 
 def _allocated(info, lo, hi, dtype):

@@ -59,6 +59,16 @@ def job_kernel(rows: int, features: int, itemsize: int, workers: int,
     return choose_kernel((hi - lo) * features * itemsize, requested)
 
 
+def fast_scan(rows: int, features: int, itemsize: int, workers: int,
+              requested: str | None = None) -> bool:
+    """Whether the load scans with numba (scan_fused): where the job's kernel is numba's.
+
+    Then numba is imported anyway; train counts the scan's compile (or cache load) with the
+    kernel's set-up, not in load_s.
+    """
+    return numba_available() and job_kernel(rows, features, itemsize, workers, requested) == "numba"
+
+
 class LeastSquaresShard:
     """One rank's rows and the scratch buffers to compute on them without allocating."""
 

@@ -7,12 +7,18 @@ Finiteness: the float sum of a block is finite only if every value is (an Inf or
 makes any sum Inf or NaN), so one fast reduction clears a clean block; only a block whose
 sum is not finite (a bad value, or finite values overflowing) is scanned value by value.
 
+With numba, scan_fused does both in one compiled pass (`fast=True`), and where the data's
+bytes can be mapped from the file (rawread.py) in the same pass as the copy into the
+shard: the load then reads each value once, as a plain read does.
+
 The checksum is sum_k bits(v_k) * (k + 1) * GOLDEN mod 2^64 over the global flat index k
 (checkpoint.data_checksum's definition; the same value). Split sum_k bits_k * k as
 k = q*L + c over the block viewed as rows of L values: L * sum_q q * rowsum_q +
 sum_c c * colsum_c, two plain integer reductions instead of a multiply and a sum over
 64-bit temporaries of the block's size.
 """
+
+import time
 
 import numpy as np
 
@@ -56,3 +62,38 @@ def all_finite(block: np.ndarray) -> bool:
         if np.isfinite(block.sum()):
             return True
     return bool(np.isfinite(block).all())  # the sum overflowed, or there is a bad value
+
+
+def checked_sum(values: np.ndarray, first_index: int, fast: bool = False) -> tuple[bool, np.uint64]:
+    """(all finite, weighted_sum) of a C-contiguous array: one compiled pass if `fast`."""
+    if not fast:
+        return all_finite(values), weighted_sum(values, first_index)
+    from . import scan_fused
+
+    return _weighted(*scan_fused.sums(values), first_index)
+
+
+def checked_copy(source: np.ndarray, into: np.ndarray, first_index: int,
+                 fast: bool = False) -> tuple[bool, np.uint64]:
+    """into[:] = source, and (all finite, weighted_sum) of the values: one pass if `fast`."""
+    if not fast:
+        np.copyto(into, source)
+        return checked_sum(into, first_index)
+    from . import scan_fused
+
+    return _weighted(*scan_fused.sums(source, into), first_index)
+
+
+def _weighted(plain, moment, finite, first_index):
+    """scan_fused's sums as (finite, weighted_sum): sum bits_i * (first_index + i + 1) * GOLDEN."""
+    with np.errstate(over="ignore"):
+        return finite, (np.uint64(first_index + 1) * plain + moment) * GOLDEN
+
+
+def warm_up() -> float:
+    """Import numba and compile (or load the cached) fast scan; return the seconds it took."""
+    from . import scan_fused
+
+    started = time.perf_counter()
+    scan_fused.warm_up()
+    return time.perf_counter() - started

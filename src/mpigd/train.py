@@ -20,14 +20,14 @@ import numpy as np
 from mpi4py import MPI
 
 from . import (__version__, checkpoint, clocks, data, evaluation, faults, generate_parallel, methods,
-               progress, rundir, stepsize, synthetic, trace, watchdog)
+               progress, rundir, scan, stepsize, synthetic, trace, watchdog)
 from .methods import loop as method_loop
 from .comm import agreed
 from .config import Mode, TrainConfig
 from .environment import blas_threads, gather_rank_facts, mpi_library, slurm_info
 from .placement import placement
 from .errors import MpigdError
-from .objective import LeastSquaresShard, job_kernel
+from .objective import LeastSquaresShard, fast_scan, job_kernel
 from .console import Progress
 from .result import (CheckpointStats, DataSource, KernelInfo, PhaseSummary, Preprocessing,
                      RankEntry, Result)
@@ -128,8 +128,8 @@ def prepare(job: Job) -> Prepared:
     config, comm = job.config, job.comm
     path = config.data or _default_data(comm)
     load_started = time.perf_counter()
-    info, X, y, lo, hi, checksum = _load(config, comm, path)
-    load_s = time.perf_counter() - load_started
+    info, X, y, lo, hi, checksum, scan_setup_s = _load(config, comm, path)
+    load_s = time.perf_counter() - load_started - scan_setup_s  # numba's import: the kernel's
     fingerprint = {"rows": info.rows, "features": info.features, "dtype": X.dtype.name,
                    "checksum": checkpoint.data_checksum(comm, X, y, lo, local=checksum)}
     if job.resume is not None:
@@ -144,6 +144,7 @@ def prepare(job: Job) -> Prepared:
     with agreed(comm, "preparing the gradient kernel"):
         kernel = job_kernel(info.rows, X.shape[1], X.itemsize, workers, config.kernel)
         shard = LeastSquaresShard(train.X, train.y, kernel=kernel)
+        shard.setup_s += scan_setup_s
     return Prepared(path, info, lo, hi, load_s, fingerprint, transform, shard, watch)
 
 
@@ -170,7 +171,7 @@ def _load(config, comm, path):
     """Collective: every rank opens the file, validates it, reads only its own rows."""
     if path.startswith(synthetic.SOURCE_PREFIX):  # --data synthetic:RxD[:S]: no file
         # No read to fuse the checksum into: None lets data_checksum make its own pass.
-        return (*synthetic.generate_shard(comm, path, config.dtype, config.dedicated_server), None)
+        return (*synthetic.generate_shard(comm, path, config.dtype, config.dedicated_server), None, 0.0)
     rank, size = comm.rank, comm.size
     workers = size - 1 if config.dedicated_server else size
     fault = faults.planned(rank)
@@ -184,11 +185,13 @@ def _load(config, comm, path):
                                  f"start fewer ranks (`mpirun -n {most}` at most) or use more data")
             dtype = data.compute_dtype(info.x_dtype, config.dtype)
             lo, hi = data.shard_rows(info.rows, size, rank, config.dedicated_server)
+            fast = fast_scan(info.rows, info.features, dtype.itemsize, workers, config.kernel)
+            scan_setup_s = scan.warm_up() if fast else 0.0
             # read, NaN/Inf check and this rank's checksum in one pass (data.load_shard)
-            X, y, checksum = data.load_shard(h5file, info, lo, hi, dtype)
+            X, y, checksum = data.load_shard(h5file, info, lo, hi, dtype, fast)
             if fault and fault[0] == "load":
                 faults.fail("load", rank)
-    return info, X, y, lo, hi, checksum
+    return info, X, y, lo, hi, checksum, scan_setup_s
 
 
 # --- descend -------------------------------------------------------------------------------
