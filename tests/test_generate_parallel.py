@@ -82,13 +82,16 @@ def test_out_dir_is_reused_under_mpirun(tmp_path):
     assert len(glob.glob(str(tmp_path / ".*.parts-*"))) == 1
 
 
-def test_a_joined_file_trains_and_resumes_like_any_other(tmp_path):
+@pytest.mark.parametrize("kernel", ["blas", "numba"])  # numba: the load's scan is numba's too
+def test_a_joined_file_trains_and_resumes_like_any_other(tmp_path, kernel):
     # 2 blocks of 4194 rows (1000 features), so both ranks wrote a part
+    if kernel == "numba":
+        pytest.importorskip("numba")
     data, plain = tmp_path / "joined.h5", tmp_path / "plain.h5"
     args = ("--rows", 4300, "--features", FEATURES, "--seed", 1, "--dtype", "float32")
     assert mpirun(2, "generate", *args, "--out", data).returncode == 0
     assert python_m("generate", *args, "--out", plain).returncode == 0
-    fixed = ("--iters", 12, "--tol", 0, "--quiet")
+    fixed = ("--iters", 12, "--tol", 0, "--quiet", "--kernel", kernel)
     reference = mpirun(2, "--data", plain, *fixed, out=str(tmp_path / "reference"))
     crashed = mpirun(2, "--data", data, *fixed, "--checkpoint-every", 4,
                      out=str(tmp_path / "crashed"), env={"MPIGD_INJECT_FAULT": "1:loop:6"})

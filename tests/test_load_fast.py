@@ -113,10 +113,10 @@ def test_a_file_cut_short_is_an_error_not_a_crash(tmp_path):
     with h5py.File(path, "r") as f:
         source = rawread.source(f, f["X"], np.float64)
     with open(path, "r+b") as fh:
-        fh.truncate(source[1] + 500 * 80)  # half of X's bytes remain
+        fh.truncate(source[0].offset + 500 * 80)  # half of X's bytes remain
     with pytest.raises(MpigdError, match="ends before its data set does"):
-        next(rawread.parts(*source, 0, (1000, 10), np.float64, 100))
-    for _, rows in rawread.parts(*source, 0, (400, 10), np.float64, 64):  # what is there reads
+        next(rawread.parts(source, 0, (1000, 10), np.float64, 100))
+    for _, rows in rawread.parts(source, 0, (400, 10), np.float64, 64):  # what is there reads
         np.testing.assert_array_equal(rows, 1.0)
 
 
@@ -147,3 +147,49 @@ def test_the_mapped_file_does_not_add_to_the_resident_set(tmp_path, mode):
                          capture_output=True, text=True, timeout=120, check=True).stdout
     growth, shard = map(int, out.split())
     assert shard <= growth <= 1.1 * shard + (8 << 20), (growth, shard)
+
+
+def _virtual(tmp_path, splits, chunked=False, gap=False, sliced=False):
+    """A virtual X over part files of `splits` rows each (as a parallel generate writes)."""
+    rng = np.random.default_rng(4)
+    rows, d = sum(splits), 11
+    X, y = rng.standard_normal((rows, d)), rng.standard_normal(rows)
+    layout = h5py.VirtualLayout((rows, d), np.float64)
+    lo = 0
+    (tmp_path / "parts").mkdir()
+    for k, n in enumerate(splits):
+        name = f"parts/p{k}.h5"
+        with h5py.File(tmp_path / name, "w") as part:
+            # sliced: the part holds 3 extra rows first, and the mapping skips them
+            stored = np.vstack([np.zeros((3, d)), X[lo : lo + n]]) if sliced else X[lo : lo + n]
+            part.create_dataset("X", data=stored, chunks=(1, d) if chunked else None)
+        source = h5py.VirtualSource(name, "X", shape=stored.shape)
+        if not (gap and k == 1):
+            layout[lo : lo + n] = source[3:] if sliced else source
+        lo += n
+    with h5py.File(tmp_path / "v.h5", "w") as f:
+        f.create_virtual_dataset("X", layout, fillvalue=0.0)
+        f.create_dataset("y", data=y)
+    if gap:
+        X[splits[0] : splits[0] + splits[1]] = 0.0
+    return tmp_path / "v.h5", X, y
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["numpy", "numba"])
+@pytest.mark.parametrize("case", ["parts", "sliced", "chunked parts", "a gap"])
+def test_a_virtual_dataset_of_contiguous_parts_is_mapped_part_by_part(tmp_path, monkeypatch,
+                                                                      case, fast):
+    monkeypatch.setattr(data, "_MAPPED_PART_BYTES", 1000)  # parts that straddle the pieces
+    monkeypatch.setattr(data, "_SCAN_PART_BYTES", 1000)
+    path, X, y = _virtual(tmp_path, [300, 1, 250, 449], chunked=case == "chunked parts",
+                          gap=case == "a gap", sliced=case == "sliced")
+    with h5py.File(path, "r") as f:
+        pieces = rawread.source(f, f["X"], np.float64)
+        assert (pieces is not None) == (case in ("parts", "sliced"))
+        if pieces:
+            assert [(p.lo, p.hi) for p in pieces] == [(0, 300), (300, 301), (301, 551), (551, 1000)]
+        info = data.inspect(f, "X", "y")
+        for lo, hi in ((0, 1000), (299, 552), (300, 301), (700, 1000)):
+            Xs, ys, local = data.load_shard(f, info, lo, hi, np.float64, fast)
+            np.testing.assert_array_equal(Xs, X[lo:hi])
+            assert local == _reference_checksum(Xs, ys, lo)

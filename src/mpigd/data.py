@@ -223,7 +223,7 @@ def _copied(raw, X, lo, fast):
     # the copy to the scan's last pass
     step = _part_rows(_MAPPED_PART_BYTES if fast else _SCAN_PART_BYTES, d, X.itemsize)
     finite, total = True, np.uint64(0)
-    for a, rows in rawread.parts(*raw, lo, X.shape, X.dtype, step):
+    for a, rows in rawread.parts(raw, lo, X.shape, X.dtype, step):
         part_finite, part_total = scan.checked_copy(rows, X[a : a + len(rows)], (lo + a) * d, fast)
         finite, total = finite and part_finite, total + part_total
     return finite, total

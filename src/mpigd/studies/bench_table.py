@@ -34,10 +34,11 @@ def _load_rows(result):
         m = result["load"]
         yield _row(f"plain h5py read d={m['features']} ({m['rows']} rows)", f"{m['plain_s'] * 1e3:.1f} ms",
                    "", "", "")
-        scan = f", {m['scan']} scan" if "scan" in m else ""
-        yield _row(f"  mpigd load (read+check+checksum){scan}", f"{m['mpigd_s'] * 1e3:.1f} ms",
+        yield _row("  mpigd load (read+check+checksum)", f"{m['mpigd_s'] * 1e3:.1f} ms",
                    f"{m['plain_s'] * 1e3:.1f} ms", f"{m['ratio']:.2f} x",
                    _ok(m["ratio"] <= TARGETS["load_ratio"]))
+        if "scan" in m:  # numba: the scan is the copy out of the mapped file (rawread.py)
+            yield _row(f"    scan: {m['scan']}", "", "", "", "")
 
 
 def _comm_rows(result):
