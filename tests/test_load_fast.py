@@ -146,7 +146,10 @@ def test_the_mapped_file_does_not_add_to_the_resident_set(tmp_path, mode):
     out = subprocess.run([sys.executable, "-c", LOAD_AND_REPORT_RSS, str(path), mode],
                          capture_output=True, text=True, timeout=120, check=True).stdout
     growth, shard = map(int, out.split())
-    assert shard <= growth <= 1.1 * shard + (8 << 20), (growth, shard)
+    # Most of the shard at least (memory a compile freed may be reused), and not a second
+    # copy of it (a mapping kept whole: ~2x). The slack: a first compile, with numba's
+    # cache empty, leaves ~20 MB more behind than loading the cache does.
+    assert 0.9 * shard <= growth <= 1.1 * shard + (32 << 20), (growth, shard)
 
 
 def _virtual(tmp_path, splits, chunked=False, gap=False, sliced=False):

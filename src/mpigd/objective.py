@@ -66,7 +66,10 @@ def fast_scan(rows: int, features: int, itemsize: int, workers: int,
     Then numba is imported anyway; train counts the scan's compile (or cache load) with the
     kernel's set-up, not in load_s.
     """
-    return numba_available() and job_kernel(rows, features, itemsize, workers, requested) == "numba"
+    try:  # job_kernel imports numba only where it might choose it (not for small shards)
+        return job_kernel(rows, features, itemsize, workers, requested) == "numba"
+    except MpigdError:  # numba asked for but missing: the kernel's own step says so
+        return False
 
 
 class LeastSquaresShard:

@@ -90,10 +90,10 @@ def _weighted(plain, moment, finite, first_index):
         return finite, (np.uint64(first_index + 1) * plain + moment) * GOLDEN
 
 
-def warm_up() -> float:
-    """Import numba and compile (or load the cached) fast scan; return the seconds it took."""
+def warm_up(dtype=np.float64) -> float:
+    """Import numba and compile (or load the cached) fast scan of `dtype`; the seconds it took."""
+    started = time.perf_counter()
     from . import scan_fused
 
-    started = time.perf_counter()
-    scan_fused.warm_up()
+    scan_fused.warm_up(dtype)
     return time.perf_counter() - started

@@ -186,7 +186,7 @@ def _load(config, comm, path):
             dtype = data.compute_dtype(info.x_dtype, config.dtype)
             lo, hi = data.shard_rows(info.rows, size, rank, config.dedicated_server)
             fast = fast_scan(info.rows, info.features, dtype.itemsize, workers, config.kernel)
-            scan_setup_s = scan.warm_up() if fast else 0.0
+            scan_setup_s = scan.warm_up(dtype) if fast else 0.0
             # read, NaN/Inf check and this rank's checksum in one pass (data.load_shard)
             X, y, checksum = data.load_shard(h5file, info, lo, hi, dtype, fast)
             if fault and fault[0] == "load":
