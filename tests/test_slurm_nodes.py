@@ -254,8 +254,8 @@ def test_scancel_term_across_nodes_stops_cleanly_and_resumes_bitwise(nodes, data
 
 def test_a_scaling_sweep_across_nodes_reports_the_placement(nodes, data):
     sweep = nodes.workdir / "sweep"
-    # The data given (--data): generation inside the allocation is tested on one node
-    # (test_slurm.py); here the runs' placement is the point.
+    # The data given (--data): here the runs' placement is the point; generation inside
+    # the allocations is the next test's.
     proc = nodes.run(str(SLURM_SCRIPTS / "submit_scaling.sh"), "--mode", "strong", "--ranks", "1,2,4",
                      "--tasks-per-node", 1, "--data", data, "--iters", 10,
                      "--shared", "--out", sweep, "--wait", check=False, timeout=300)
@@ -268,6 +268,26 @@ def test_a_scaling_sweep_across_nodes_reports_the_placement(nodes, data):
     assert all(p["emulated_cluster"] for p in points.values())
     table = (sweep / "scaling.txt").read_text()
     assert "4 emulated hosts, one machine's CPUs; oversubscribed (4 ranks > 2 CPUs)" in table, table
+
+
+def test_a_weak_sweep_generates_its_data_inside_each_allocation_on_all_nodes(nodes):
+    """Weak scaling's data grow with the ranks: each rank count's generation job runs on the
+    runs' nodes, every rank writing its own part, and the runs then read the joined file."""
+    sweep = nodes.workdir / "weak-generated"
+    rows = 4194  # one block of generation at 1000 features (synthetic.block_rows): a part per rank
+    proc = nodes.run(str(SLURM_SCRIPTS / "submit_scaling.sh"), "--mode", "weak", "--ranks", "1,2,4",
+                     "--tasks-per-node", 1, "--rows", rows, "--features", 1000, "--iters", 10,
+                     "--shared", "--out", sweep, "--wait", check=False, timeout=300)
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{nodes.log_tail()}"
+    points = {p["ranks"]: p for p in json.loads((sweep / "scaling.json").read_text())["series"][0]["points"]}
+    assert {m: len(p["hosts"]) for m, p in points.items()} == {1: 1, 2: 2, 4: 4}
+    for ranks in (1, 2, 4):
+        log = next((sweep / "logs").glob(f"generate-p{ranks:03d}-*.out")).read_text()
+        assert f"{ranks} ranks" in log and "exited with code 0" in log, log
+        with h5py.File(sweep / "data" / f"synthetic-{rows * ranks}x1000-seed0.h5", "r") as f:
+            assert f["X"].shape == (rows * ranks, 1000)
+            if ranks > 1:  # one part per rank, joined
+                assert f["X"].virtual_sources() and len(f["X"].virtual_sources()) == ranks
 
 
 def _task_pid(job, rank):
