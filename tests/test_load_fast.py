@@ -121,15 +121,22 @@ def test_a_file_cut_short_is_an_error_not_a_crash(tmp_path):
 
 
 LOAD_AND_REPORT_RSS = """
-import resource, sys, h5py, numpy as np
+import sys, h5py, numpy as np
 from mpigd import data, scan
+
+
+def status(field):  # this process image's own figures: ru_maxrss would carry the forking
+    # parent's peak across exec (pytest's, late in the suite: hundreds of MB)
+    return next(int(line.split()[1]) << 10 for line in open("/proc/self/status")
+                if line.startswith(field + ":"))
+
+
 scan.warm_up()
-# growth from the resident set now (not the peak so far: compiling may have peaked higher)
-before = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS"))
+before = status("VmRSS")  # not the peak so far: compiling may have peaked higher
 with h5py.File(sys.argv[1], "r") as f:
     info = data.inspect(f, "X", "y")
     X, y, _ = data.load_shard(f, info, 0, info.rows, np.float64, sys.argv[2] == "fast")
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024, X.nbytes + y.nbytes)
+print(status("VmHWM") - before, X.nbytes + y.nbytes)
 """
 
 
