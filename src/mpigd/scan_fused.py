@@ -14,9 +14,10 @@ reads each value once and does only vectorizable integer work on it:
   the exponent's lowest bit to them then carries into the sign bit, so OR-ing
   (bits & EXPONENT) + LOWEST over the values flags a bad one in the top bit.
 
-Measured here on a 1 MB block in L2: 39 GB/s (a plain numpy float sum: 43 GB/s). Copying
-800 MB from a mapped file into the shard while summing took 0.94x the time of a plain h5py
-read of the same rows, which does the copy alone (docs/benchmarks.md).
+Measured here on a 1 MB block in L2: 39 GB/s (a plain numpy float sum: 43 GB/s). The whole
+load, copying 800 MB from a mapped file into the shard while summing, took 1.00x the time
+of a plain h5py read of the same rows, which does the copy alone (`mpigd bench`'s load row;
+README, Benchmarks).
 
 Importing this module imports numba; warm_up compiles or loads the cached code.
 """

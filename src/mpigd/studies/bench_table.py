@@ -37,7 +37,7 @@ def _load_rows(result):
         yield _row("  mpigd load (read+check+checksum)", f"{m['mpigd_s'] * 1e3:.1f} ms",
                    f"{m['plain_s'] * 1e3:.1f} ms", f"{m['ratio']:.2f} x",
                    _ok(m["ratio"] <= TARGETS["load_ratio"]))
-        if "scan" in m:  # numba: the scan is the copy out of the mapped file (rawread.py)
+        if "scan" in m:  # which scan the load used (numba: one pass with the copy, scan_fused.py)
             yield _row(f"    scan: {m['scan']}", "", "", "", "")
 
 

@@ -9,6 +9,7 @@ untimed warm-up, as the trainer counts them in the kernel's set-up). The plain s
 `X[a:b]`, `y[a:b]` and nothing else.
 """
 
+import functools
 import os
 import statistics
 import time
@@ -38,7 +39,7 @@ def load_case(work, rows_bytes, features, repeat):
     path = os.path.join(work, f"load-{rows}x{features}.h5")
     generate(path, rows, features)
     fast = fast_scan(rows, features, 8, 1)  # as train._load decides it
-    timed = {"plain": _plain, "mpigd": lambda *rows_: _mpigd(*rows_, fast)}
+    timed = {"plain": _plain, "mpigd": functools.partial(_mpigd, fast=fast)}
     seconds = {name: [] for name in timed}
     try:
         for fn in timed.values():
@@ -52,7 +53,8 @@ def load_case(work, rows_bytes, features, repeat):
     finally:
         os.remove(path)
     plain, mine = (statistics.median(seconds[k]) for k in ("plain", "mpigd"))
-    return {"rows": rows, "features": features, "scan": "numba" if fast else "numpy", "bytes": rows * (features + 1) * 8,
+    return {"rows": rows, "features": features, "scan": "numba" if fast else "numpy",
+            "bytes": rows * (features + 1) * 8,
             "plain_s": plain, "mpigd_s": mine, "ratio": mine / plain,
             "plain_all_s": seconds["plain"], "mpigd_all_s": seconds["mpigd"]}
 
