@@ -1,8 +1,11 @@
 """`mpirun -n P python -m mpigd generate`: the serial command's values, every rank its blocks.
 
-Without an MPI-enabled h5py the ranks write part files that the named file joins as HDF5
-virtual datasets; the file then trains and resumes like any other, and a failure on any
-rank leaves neither the file nor any part behind.
+With `--parallel-io parts` (the default without an MPI-enabled h5py) the ranks write part
+files that the named file joins as HDF5 virtual datasets; the file then trains and resumes
+like any other, and a failure on any rank leaves neither the file nor any part behind. With
+an MPI-enabled h5py (`.ci/run`'s third venv, MPIGD_EXPECT_MPIO=1) the ranks write the one
+file with parallel HDF5 (`mpio`), and these tests check that path too; without it they
+check that `--parallel-io mpio` is refused with the reason.
 """
 
 import glob
@@ -17,6 +20,14 @@ from mpigd import synthetic
 
 # 1000 features: blocks of 4194 rows; 10485 rows are 2.5 blocks (the last one partial).
 FEATURES, ROWS = 1000, 10485
+MPIO = bool(h5py.get_config().mpi)
+# the parallel-I/O modes this h5py can write; "mpio" only where it was built with MPI
+LAYOUTS = ["parts", "mpio"] if MPIO else ["parts"]
+
+
+def test_the_h5py_is_the_one_this_run_expects():
+    # .ci/run's parallel-HDF5 step sets MPIGD_EXPECT_MPIO=1: it must not test the VDS path only
+    assert MPIO == (os.environ.get("MPIGD_EXPECT_MPIO") == "1"), h5py.get_config().mpi
 
 
 def _contents(path):
@@ -34,11 +45,12 @@ def serial(tmp_path_factory):
     return _contents(out)
 
 
+@pytest.mark.parametrize("layout", ["auto", *LAYOUTS])
 @pytest.mark.parametrize("ranks", [1, 2, 3])
-def test_same_values_as_the_serial_command(serial, tmp_path, ranks):
+def test_same_values_as_the_serial_command(serial, tmp_path, ranks, layout):
     out = tmp_path / "data.h5"
     run = mpirun(ranks, "generate", "--rows", ROWS, "--features", FEATURES, "--seed", 5,
-                 "--dtype", "float32", "--out", out)
+                 "--dtype", "float32", "--out", out, "--parallel-io", layout)
     assert run.returncode == 0, run
     assert run.stdout.count("mpigd: wrote") == 1  # rank 0 speaks
     data, attrs, virtual = _contents(out)
@@ -47,14 +59,38 @@ def test_same_values_as_the_serial_command(serial, tmp_path, ranks):
         assert data[name].dtype == np.float32
         assert data[name].tobytes() == reference[name].tobytes(), name
     assert {k: v for k, v in attrs.items() if k != "parts"} == reference_attrs
-    assert virtual == (ranks > 1)
+    joined = ranks > 1 and (layout == "parts" or (layout == "auto" and not MPIO))
+    assert virtual == joined
     parts = glob.glob(str(tmp_path / ".data.h5.parts-*" / "part-*.h5"))
-    assert len(parts) == (min(ranks, 3) if ranks > 1 else 0)  # a part per rank (3 blocks)
+    assert len(parts) == (min(ranks, 3) if joined else 0)  # a part per rank (3 blocks)
+    left = {"data.h5", *(os.path.basename(os.path.dirname(p)) for p in parts)}
+    assert set(os.listdir(tmp_path)) == left  # no partial file, at most one parts directory
+
+
+def test_parallel_hdf5_writes_one_plain_file_or_says_why_not(tmp_path):
+    run = mpirun(2, "generate", "--rows", 100, "--features", 3, "--out", tmp_path / "d.h5",
+                 "--parallel-io", "mpio")
+    if MPIO:
+        assert run.returncode == 0, run
+        assert os.listdir(tmp_path) == ["d.h5"] and not _contents(tmp_path / "d.h5")[2]
+    else:
+        assert run.returncode == 2 and run.stderr.count("mpigd: error") == 1, run
+        assert "h5py was built without MPI" in run.stderr and "--parallel-io parts" in run.stderr
+        assert os.listdir(tmp_path) == []
+
+
+def test_parallel_hdf5_does_not_compress_and_says_so(tmp_path):
+    run = mpirun(2, "generate", "--rows", 100, "--features", 3, "--out", tmp_path / "d.h5",
+                 "--parallel-io", "mpio", "--compression", "gzip")
+    assert run.returncode == 2 and run.stderr.count("mpigd: error") == 1, run
+    expected = "drop --compression gzip" if MPIO else "h5py was built without MPI"
+    assert expected in run.stderr and os.listdir(tmp_path) == []
 
 
 def test_more_ranks_than_blocks_and_regenerating_replaces_the_parts(tmp_path):
     out = tmp_path / "small.h5"
-    args = ("generate", "--rows", 1001, "--features", 7, "--seed", 2, "--out", out)
+    args = ("generate", "--rows", 1001, "--features", 7, "--seed", 2, "--out", out,
+            "--parallel-io", "parts")
     for _ in range(2):
         run = mpirun(3, *args)  # one block: ranks 1 and 2 write nothing
         assert run.returncode == 0, run
@@ -64,10 +100,11 @@ def test_more_ranks_than_blocks_and_regenerating_replaces_the_parts(tmp_path):
     assert virtual and data["X"].tobytes() == X.tobytes() and data["y"].tobytes() == y.tobytes()
 
 
-def test_a_failure_on_one_rank_leaves_no_file_and_no_parts(tmp_path):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_failure_on_one_rank_leaves_no_file_and_no_parts(tmp_path, layout):
     out = tmp_path / "failed.h5"
     run = mpirun(3, "generate", "--rows", ROWS, "--features", FEATURES, "--dtype", "float32",
-                 "--out", out, env={"MPIGD_INJECT_FAULT": "2:generate"})
+                 "--out", out, "--parallel-io", layout, env={"MPIGD_INJECT_FAULT": "2:generate"})
     assert run.returncode != 0
     assert "fault injected" in run.stderr and run.stderr.count("fault injected") == 1, run
     assert os.listdir(tmp_path) == []
@@ -79,17 +116,18 @@ def test_out_dir_is_reused_under_mpirun(tmp_path):
     assert first.returncode == 0 and again.returncode == 0, (first, again)
     path = str(tmp_path / synthetic.file_name(500, 3, 0))
     assert first.stdout.strip() == again.stdout.strip() == path
-    assert len(glob.glob(str(tmp_path / ".*.parts-*"))) == 1
+    assert len(glob.glob(str(tmp_path / ".*.parts-*"))) == (0 if MPIO else 1)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("kernel", ["blas", "numba"])  # numba: the load's scan is numba's too
-def test_a_joined_file_trains_and_resumes_like_any_other(tmp_path, kernel):
+def test_a_joined_file_trains_and_resumes_like_any_other(tmp_path, kernel, layout):
     # 2 blocks of 4194 rows (1000 features), so both ranks wrote a part
     if kernel == "numba":
         pytest.importorskip("numba")
     data, plain = tmp_path / "joined.h5", tmp_path / "plain.h5"
     args = ("--rows", 4300, "--features", FEATURES, "--seed", 1, "--dtype", "float32")
-    assert mpirun(2, "generate", *args, "--out", data).returncode == 0
+    assert mpirun(2, "generate", *args, "--out", data, "--parallel-io", layout).returncode == 0
     assert python_m("generate", *args, "--out", plain).returncode == 0
     fixed = ("--iters", 12, "--tol", 0, "--quiet", "--kernel", kernel)
     reference = mpirun(2, "--data", plain, *fixed, out=str(tmp_path / "reference"))
@@ -105,7 +143,8 @@ def test_a_joined_file_trains_and_resumes_like_any_other(tmp_path, kernel):
 
 def test_a_joined_file_without_its_parts_is_refused_with_the_reason(tmp_path):
     data = tmp_path / "joined.h5"
-    assert mpirun(2, "generate", "--rows", 300, "--features", 3, "--out", data).returncode == 0
+    assert mpirun(2, "generate", "--rows", 300, "--features", 3, "--out", data,
+                  "--parallel-io", "parts").returncode == 0
     moved = tmp_path / "elsewhere"
     moved.mkdir()
     os.rename(data, moved / "joined.h5")  # without its parts directory

@@ -65,6 +65,24 @@ class Rows:
         self.create, self.fill, self.finish = create, fill, finish
 
 
+def uses_mpio(parallel_io: str, compression: str | None) -> bool:
+    """Whether --parallel-io (auto|mpio|parts) writes with parallel HDF5 here; the same on every
+    rank (the same h5py), so a refusal is collective."""
+    import h5py
+
+    available = bool(h5py.get_config().mpi)
+    if parallel_io == "mpio" and not available:
+        raise MpigdError("--parallel-io mpio: this h5py was built without MPI "
+                         "(h5py.get_config().mpi is False); build h5py against a parallel HDF5 "
+                         "(README: Data that grows with the ranks) or use --parallel-io parts",
+                         collective=True)
+    if parallel_io == "mpio" and compression is not None:
+        raise MpigdError(f"--parallel-io mpio writes X and y uncompressed (each rank its own "
+                         f"rows, independently); drop --compression {compression} or use "
+                         f"--parallel-io parts", collective=True)
+    return parallel_io == "mpio" or (parallel_io == "auto" and available and compression is None)
+
+
 def write(comm, path: str, data: Rows, split: list[tuple[int, int]], mpio: bool) -> None:
     """Collective: write `data` to `path`, rank r writing rows split[r]."""
     if mpio:
@@ -83,9 +101,7 @@ def write(comm, path: str, data: Rows, split: list[tuple[int, int]], mpio: bool)
             if hi > lo:
                 part = os.path.join(parts_dir, f"part-{comm.rank:05d}.h5")
                 _write_part(part, data, lo, hi)
-            fault = faults.planned(comm.rank)  # MPIGD_INJECT_FAULT=RANK:generate (tests)
-            if fault and fault[0] == "generate":
-                faults.fail("generate, after its part file", comm.rank)
+            _planned_fault(comm, "generate, after its part file")
         with agreed(comm, f"joining the parts in {path}"):
             if comm.rank == 0:
                 rundir.fsync_path(parts_dir)
@@ -98,6 +114,12 @@ def write(comm, path: str, data: Rows, split: list[tuple[int, int]], mpio: bool)
         for stale in glob.glob(parts_pattern(path)):
             if os.path.abspath(stale) != os.path.abspath(parts_dir):
                 shutil.rmtree(stale, ignore_errors=True)
+
+
+def _planned_fault(comm, where: str) -> None:
+    fault = faults.planned(comm.rank)  # MPIGD_INJECT_FAULT=RANK:generate (tests)
+    if fault and fault[0] == "generate":
+        faults.fail(where, comm.rank)
 
 
 def _write_part(part: str, data: Rows, lo: int, hi: int) -> None:
@@ -163,6 +185,8 @@ def _write_mpio(comm, path: str, data: Rows, mine: tuple[int, int]) -> None:
                 X, y = data.create(f, data.rows)  # creating datasets is collective
                 data.finish(f)
                 data.fill(_Window(X, lo, hi), _Window(y, lo, hi), lo)
+                # inside the open file: its collective close must still happen on every rank
+                _planned_fault(comm, "generate, after its rows")
         with agreed(comm, f"renaming {partial} to {path}"):
             if comm.rank == 0:
                 rundir.fsync_path(partial)

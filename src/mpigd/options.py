@@ -172,6 +172,11 @@ def _generate_parser(sub):
     p.add_argument("--condition", type=float, default=None, metavar="K",
                    help="make cond(X^T X) about K (>= 1) by mixing the features with a fixed "
                    "Q diag(s) Q^T; default: i.i.d. features (cond near 1)")
+    p.add_argument("--parallel-io", choices=("auto", "mpio", "parts"), default="auto",
+                   help="under mpirun -n P: mpio = every rank writes into the one file with "
+                   "parallel HDF5 (needs an MPI-enabled h5py); parts = every rank writes a part "
+                   "file that the named file joins as virtual datasets (any h5py; the parts stay "
+                   "next to it); auto = mpio where h5py has MPI and there is no --compression [auto]")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", metavar="FILE.h5", help="the file to write (appears atomically)")
     where.add_argument("--out-dir", metavar="DIR",

@@ -228,11 +228,11 @@ def generate(path: str, rows: int, features: int, seed: int = 0, noise: float = 
 
 def write(path: str, rows: int, features: int, seed: int = 0, noise: float = NOISE,
           dtype: str = "float64", compression: str | None = None, condition: float | None = None,
-          comm=None) -> float:
+          comm=None, parallel_io: str = "auto") -> float:
     """`generate` by one process, or collectively by every rank of `comm`, each its blocks.
 
     The same arguments give the same values whatever the number of ranks (the blocks are
-    the same); only the file's layout differs (generate_parallel.py).
+    the same); only the file's layout differs (generate_parallel.py), as `parallel_io` says.
     """
     import h5py
 
@@ -256,7 +256,7 @@ def write(path: str, rows: int, features: int, seed: int = 0, noise: float = NOI
         rundir.atomic_write(path, write_file)
     else:
         split = [split_rows(rows, features, comm.size, r) for r in range(comm.size)]
-        mpio = bool(h5py.get_config().mpi) and compression is None
+        mpio = generate_parallel.uses_mpio(parallel_io, compression)
         generate_parallel.write(comm, path, data, split, mpio)
     return time.perf_counter() - started
 
@@ -314,9 +314,9 @@ def command(args) -> int:
     if (comm is None or comm.size == 1) and launcher_rank() != 0:
         return 0  # separate singletons (e.g. srun --mpi=none): one of them writes
     if args.out_dir is not None:
-        if (args.noise, args.dtype, args.compression) != (NOISE, "float64", None):
+        if (args.noise, args.dtype, args.compression, args.parallel_io) != (NOISE, "float64", None, "auto"):
             raise MpigdError("--out-dir names files by rows, features and seed alone; use --out "
-                             "FILE.h5 for another --noise, --dtype or --compression",
+                             "FILE.h5 for another --noise, --dtype, --compression or --parallel-io",
                              collective=comm is not None)
         with _one_blas_thread():
             path, _ = ensure(args.out_dir, args.rows, args.features, args.seed, args.condition,
@@ -326,7 +326,7 @@ def command(args) -> int:
         return 0
     with _one_blas_thread():
         seconds = write(args.out, args.rows, args.features, args.seed, args.noise, args.dtype,
-                        args.compression, args.condition, comm=comm)
+                        args.compression, args.condition, comm=comm, parallel_io=args.parallel_io)
     if _speaks(comm):
         size_gb = args.rows * args.features * np.dtype(args.dtype).itemsize / 1e9
         ranks = f" by {comm.size} ranks" if comm is not None and comm.size > 1 else ""
