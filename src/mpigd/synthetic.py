@@ -122,51 +122,19 @@ def true_weights(features: int, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, 0]).standard_normal(features)
 
 
-class Scratch:
-    """Buffers for one block, reused block after block.
-
-    A fresh 32 MB array per block is fresh pages for the kernel to fault in and zero, and
-    that cost varied by 2.4x from run to run here (the RNG's part of a 3e6 x 40 file took
-    1.4-3.4 s; into reused buffers 1.25-1.31 s). The values are the same either way.
-    """
-
-    def __init__(self, features: int, mixed: bool) -> None:
-        rows = block_rows(features)
-        self.Z = np.empty((rows, features))
-        self.X = np.empty((rows, features)) if mixed else self.Z
-        self.y, self.noise = np.empty(rows), np.empty(rows)
-        self.converted: dict = {}
-
-    def cast(self, values: np.ndarray, dtype) -> np.ndarray:
-        """`values` as `dtype` (values.astype(dtype)), in a buffer kept for the next block."""
-        if values.dtype == dtype:
-            return values
-        key = (np.dtype(dtype), values.ndim)  # X and y each their own buffer
-        if key not in self.converted:
-            self.converted[key] = np.empty(len(self.Z) * values[:1].size, dtype=dtype)
-        out = self.converted[key][: values.size].reshape(values.shape)
-        np.copyto(out, values, casting="same_kind")
-        return out
-
-
 def block(seed: int, index: int, rows: int, w_true: np.ndarray, noise: float,
-          mix: np.ndarray | None = None,
-          scratch: Scratch | None = None) -> tuple[np.ndarray, np.ndarray]:
+          mix: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Block `index` of the data set (its `rows` rows): X ~ N(0, 1) (times `mix`, see
-    `mixing`), y = X w_true + noise. The arrays are views of `scratch` (valid until the next
-    block), or new.
+    `mixing`), y = X w_true + noise.
 
     The one generator of values: the serial file, every rank's part of a parallel file and
     the rows generated in memory (`rows_between`) all come from here, block by block.
     """
-    if scratch is None:
-        scratch = Scratch(len(w_true), mix is not None)
     rng = np.random.default_rng([seed, index + 1])
-    X = rng.standard_normal(out=scratch.Z[:rows])
+    X = rng.standard_normal((rows, len(w_true)))
     if mix is not None:
-        X = np.matmul(X, mix, out=scratch.X[:rows])
-    y = np.matmul(X, w_true, out=scratch.y[:rows])
-    y += np.multiply(noise, rng.standard_normal(out=scratch.noise[:rows]), out=scratch.noise[:rows])
+        X = X @ mix
+    y = X @ w_true + noise * rng.standard_normal(rows)
     return X, y
 
 
@@ -190,9 +158,8 @@ def rows_between(rows: int, features: int, seed: int, lo: int, hi: int, noise: f
     y = np.empty(hi - lo, dtype=dtype)
     with _one_blas_thread():  # as `generate` computes X @ w_true
         mix = mixing(features, seed, condition)
-        scratch = Scratch(features, mix is not None)
         for index, first, end in blocks(rows, features, lo, hi):
-            bx, by = block(seed, index, end - first, w_true, noise, mix, scratch)
+            bx, by = block(seed, index, end - first, w_true, noise, mix)
             a, b = max(lo, first), min(hi, end)
             X[a - lo : b - lo] = bx[a - first : b - first]
             y[a - lo : b - lo] = by[a - first : b - first]
@@ -242,11 +209,10 @@ def fill_rows(X, y, rows: int, features: int, seed: int, noise: float, lo: int =
     dtype, hi = X.dtype, lo + X.shape[0]
     w_true = true_weights(features, seed)
     mix = mixing(features, seed, condition)
-    scratch = Scratch(features, mix is not None)
     for index, first, end in blocks(rows, features, lo, hi):
-        bx, by = block(seed, index, end - first, w_true, noise, mix, scratch)
-        X[first - lo : end - lo] = scratch.cast(bx, dtype)
-        y[first - lo : end - lo] = scratch.cast(by, dtype)
+        bx, by = block(seed, index, end - first, w_true, noise, mix)
+        X[first - lo : end - lo] = bx.astype(dtype, copy=False)
+        y[first - lo : end - lo] = by.astype(dtype, copy=False)
 
 
 def generate(path: str, rows: int, features: int, seed: int = 0, noise: float = NOISE,
