@@ -100,6 +100,23 @@ def test_more_ranks_than_blocks_and_regenerating_replaces_the_parts(tmp_path):
     assert virtual and data["X"].tobytes() == X.tobytes() and data["y"].tobytes() == y.tobytes()
 
 
+@pytest.mark.parametrize("replacement", ["serial", "mpio"] if MPIO else ["serial"])
+def test_a_plain_file_written_over_a_joined_one_removes_its_parts(tmp_path, replacement):
+    out = tmp_path / "d.h5"
+    args = ("generate", "--rows", 1001, "--features", 7, "--seed", 2, "--out", out)
+    assert mpirun(2, *args, "--parallel-io", "parts").returncode == 0
+    assert len(glob.glob(str(tmp_path / ".d.h5.parts-*"))) == 1
+    if replacement == "serial":
+        run = python_m(*args)
+    else:
+        run = mpirun(2, *args, "--parallel-io", "mpio")
+    assert run.returncode == 0, run
+    assert os.listdir(tmp_path) == ["d.h5"]  # the old parts would be a copy of the data
+    X, y = synthetic.rows_between(1001, 7, 2, 0, 1001)
+    data, _, virtual = _contents(out)
+    assert not virtual and data["X"].tobytes() == X.tobytes()
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_a_failure_on_one_rank_leaves_no_file_and_no_parts(tmp_path, layout):
     out = tmp_path / "failed.h5"

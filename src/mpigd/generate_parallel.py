@@ -111,9 +111,15 @@ def write(comm, path: str, data: Rows, split: list[tuple[int, int]], mpio: bool)
             shutil.rmtree(parts_dir, ignore_errors=True)
         raise
     if comm.rank == 0:
-        for stale in glob.glob(parts_pattern(path)):
-            if os.path.abspath(stale) != os.path.abspath(parts_dir):
-                shutil.rmtree(stale, ignore_errors=True)
+        remove_stale_parts(path, keep=parts_dir)
+
+
+def remove_stale_parts(path: str, keep: str | None = None) -> None:
+    """Remove the parts directories of `path` but `keep`: those of the file it replaced (a
+    joined file, even when the new one is a plain file) and of crashed earlier attempts."""
+    for stale in glob.glob(parts_pattern(path)):
+        if keep is None or os.path.abspath(stale) != os.path.abspath(keep):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _planned_fault(comm, where: str) -> None:
@@ -191,6 +197,7 @@ def _write_mpio(comm, path: str, data: Rows, mine: tuple[int, int]) -> None:
             if comm.rank == 0:
                 rundir.fsync_path(partial)
                 os.replace(partial, path)
+                remove_stale_parts(path)
     except BaseException:
         if comm.rank == 0 and os.path.exists(partial):
             os.remove(partial)

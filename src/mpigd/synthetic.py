@@ -266,6 +266,7 @@ def write(path: str, rows: int, features: int, seed: int = 0, noise: float = NOI
                 data.fill(X, y, 0)
 
         rundir.atomic_write(path, write_file)
+        generate_parallel.remove_stale_parts(path)  # of a joined file this one replaced
     else:
         split = [split_rows(rows, features, comm.size, r) for r in range(comm.size)]
         mpio = generate_parallel.uses_mpio(parallel_io, compression)
