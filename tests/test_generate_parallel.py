@@ -127,13 +127,16 @@ def test_a_failure_on_one_rank_leaves_no_file_and_no_parts(tmp_path, layout):
     assert os.listdir(tmp_path) == []
 
 
-def test_out_dir_is_reused_under_mpirun(tmp_path):
-    first = mpirun(2, "generate", "--rows", 500, "--features", 3, "--out-dir", tmp_path)
-    again = mpirun(2, "generate", "--rows", 500, "--features", 3, "--out-dir", tmp_path)
+@pytest.mark.parametrize("layout", ["auto", *LAYOUTS])
+def test_out_dir_is_reused_under_mpirun(tmp_path, layout):
+    args = ("generate", "--rows", 500, "--features", 3, "--out-dir", tmp_path,
+            "--parallel-io", layout)
+    first, again = mpirun(2, *args), mpirun(2, *args)
     assert first.returncode == 0 and again.returncode == 0, (first, again)
     path = str(tmp_path / synthetic.file_name(500, 3, 0))
     assert first.stdout.strip() == again.stdout.strip() == path
-    assert len(glob.glob(str(tmp_path / ".*.parts-*"))) == (0 if MPIO else 1)
+    joined = layout == "parts" or (layout == "auto" and not MPIO)
+    assert len(glob.glob(str(tmp_path / ".*.parts-*"))) == (1 if joined else 0)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -76,7 +76,8 @@ def generate_shard(comm, source: str, dtype: str = "auto", dedicated_server: boo
 
 
 def ensure(directory: str, rows: int, features: int, seed: int = 0,
-           condition: float | None = None, comm=None) -> tuple[str, bool]:
+           condition: float | None = None, comm=None,
+           parallel_io: str = "auto") -> tuple[str, bool]:
     """(path, generated): the float64 data set of these arguments in `directory`, made if absent.
 
     With `comm` (collective) rank 0 decides and every rank generates its own blocks.
@@ -89,7 +90,7 @@ def ensure(directory: str, rows: int, features: int, seed: int = 0,
         found = bool(flag[0])
     if found:
         return path, False
-    write(path, rows, features, seed, condition=condition, comm=comm)
+    write(path, rows, features, seed, condition=condition, comm=comm, parallel_io=parallel_io)
     return path, True
 
 
@@ -327,13 +328,13 @@ def command(args) -> int:
     if (comm is None or comm.size == 1) and launcher_rank() != 0:
         return 0  # separate singletons (e.g. srun --mpi=none): one of them writes
     if args.out_dir is not None:
-        if (args.noise, args.dtype, args.compression, args.parallel_io) != (NOISE, "float64", None, "auto"):
+        if (args.noise, args.dtype, args.compression) != (NOISE, "float64", None):
             raise MpigdError("--out-dir names files by rows, features and seed alone; use --out "
-                             "FILE.h5 for another --noise, --dtype, --compression or --parallel-io",
+                             "FILE.h5 for another --noise, --dtype or --compression",
                              collective=comm is not None)
         with _one_blas_thread():
             path, _ = ensure(args.out_dir, args.rows, args.features, args.seed, args.condition,
-                             comm=comm)
+                             comm=comm, parallel_io=args.parallel_io)
         if _speaks(comm):  # for scripts: `file=$(python -m mpigd generate ... --out-dir D)`
             print(path, flush=True)
         return 0
