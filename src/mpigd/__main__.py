@@ -10,21 +10,38 @@ next collective forever. This entry point gives the same guarantee itself:
   is reported by that rank and ends the whole job through MPI_Abort.
 """
 
+import os
 import sys
+import time
 import traceback
 
 from .cli import main as cli_main
 from .errors import ExitCode, MpigdError, world_rank, world_size
 
 
+# Between a rank's last message and MPI_Abort: the launcher forwards the rank's output from
+# a pipe, and an abort right after the write once cut a traceback off mid-way (CI, 3 ranks).
+_FORWARD_GRACE_S = 0.2
+
+
 def _abort_job(code: int) -> int:
     if world_size() > 1:
         sys.stderr.flush()
         sys.stdout.flush()
+        time.sleep(_FORWARD_GRACE_S)
         from .comm import abort
 
         abort(code)
     return code
+
+
+def _report(text: str) -> None:
+    """Write `text` to stderr in one write: the launcher then gets it whole or not at all,
+    never interleaved with another rank's lines or cut between two of its own."""
+    sys.stderr.flush()
+    data = text.encode(errors="replace")
+    while data:
+        data = data[os.write(2, data):]
 
 
 def guarded_main(argv: list[str] | None = None) -> int:
@@ -48,9 +65,8 @@ def guarded_main(argv: list[str] | None = None) -> int:
         print(f"mpigd: interrupted on rank {world_rank()}", file=sys.stderr, flush=True)
         return _abort_job(130)
     except BaseException:  # noqa: BLE001 - a bug on one rank must not hang the others
-        print(f"mpigd: unexpected error on rank {world_rank()} (this is a bug in mpigd or "
-              "its environment; the job is being aborted):", file=sys.stderr)
-        traceback.print_exc()
+        _report(f"mpigd: unexpected error on rank {world_rank()} (this is a bug in mpigd or "
+                "its environment; the job is being aborted):\n" + traceback.format_exc())
         return _abort_job(ExitCode.BUG)
 
 
