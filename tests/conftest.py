@@ -145,7 +145,14 @@ def reap_segments(before: set[str]) -> list[str]:
 def _session_shm():
     before = shm_segments()
     yield before
-    reap_segments(before)  # also those whose killed ranks were still exiting at a test's end
+    # also those whose killed ranks were still exiting at a test's end; the last test's may
+    # still be mapped for a moment (its aborted ranks exiting), so wait for them a little
+    deadline = time.monotonic() + 5
+    while True:
+        reap_segments(before)
+        if not (shm_segments() - before) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
 
 
 @pytest.fixture(autouse=True)
