@@ -125,10 +125,11 @@ def _dirty_mb():
     raise AssertionError("no Dirty: in /proc/meminfo")
 
 
-def test_the_generator_starts_writing_to_disk_before_the_fsync(tmp_path):
+def test_start_writeback_sends_dirty_pages_to_disk_without_an_fsync(tmp_path):
     # 320 MB written and not fsynced stay dirty for vm.dirty_expire_centisecs (30 s) unless
-    # something starts their writeback; rundir.start_writeback does, as generate does after
-    # every block, so the final fsync has little left to write.
+    # something starts their writeback; rundir.start_writeback does (generate calls it after
+    # every block of a file one process writes, so the final fsync has little left to do).
+    # This checks the call itself, not that fill_rows makes it.
     from mpigd import rundir
 
     path = tmp_path / "dirty.bin"
