@@ -10,7 +10,7 @@ import pytest
 from conftest import mpirun, python_m
 
 TINY = ("--rows-mb", "2", "--features", "10,100", "--repeat", "1", "--comm-iters", "50",
-        "--train-iters", "3")
+        "--train-iters", "3", "--generate-rows", "20000")
 
 
 def test_bench_alone_runs_everything_and_has_all_keys(tmp_path):
@@ -18,7 +18,7 @@ def test_bench_alone_runs_everything_and_has_all_keys(tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     for key in ("kernels", "comm", "clock_s", "clock_pct", "reference_iteration_s", "memory",
-                "startup_s", "scaling", "load"):
+                "startup_s", "scaling", "load", "generate"):
         assert key in result, key
     assert [(c["dtype"], c["features"]) for c in result["kernels"]] == [
         ("float64", 10), ("float64", 100), ("float32", 10), ("float32", 100)]
@@ -47,10 +47,34 @@ def test_bench_table_under_mpirun(tmp_path):
     (("--features", "10,x"), "--features must be a comma-separated list"),
     (("--dtype", "float16"), "--dtype takes float64 and/or float32"),
     (("--repeat", "0"), "must be positive"),
+    (("--generate-rows", "-1"), "--generate-rows must be >= 0"),
+    (("--part", "generate", "--generate-rows", "0"), "start it without mpirun, with --generate-rows >= 1"),
 ])
 def test_bench_bad_arguments(args, message):
     proc = python_m("bench", *args)
     assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_bench_generate_part_times_both_rank_counts_and_cleans_up(tmp_path):
+    proc = python_m("bench", "--part", "generate", "--generate-rows", "30000", "--repeat", "2",
+                    "--json", "--work-dir", tmp_path, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    g = json.loads(proc.stdout)["generate"]
+    assert (g["rows"], g["features"], g["bytes"]) == (30000, 40, 30000 * 40 * 8)
+    for kind in ("new", "replace"):
+        for ranks in (1, 2):
+            times = g[f"{kind}_{ranks}_all_s"]
+            assert len(times) == 2 and min(times) > 0
+            assert g[f"{kind}_{ranks}_s"] == pytest.approx(sorted(times)[1] / 2 + sorted(times)[0] / 2)
+        assert g[f"{kind}_speedup"] == pytest.approx(g[f"{kind}_1_s"] / g[f"{kind}_2_s"])
+    assert len(g["remove_all_s"]) == 2  # the second round removes the first round's two files
+    assert list(tmp_path.iterdir()) == []  # its files, parts directories and work dir are gone
+
+
+def test_bench_generate_part_under_mpirun_is_refused():
+    run = mpirun(2, "bench", "--part", "generate", "--generate-rows", "1000", timeout=60)
+    assert run.returncode == 2
+    assert run.stderr.count("launches its own 1- and 2-rank runs") == 1, run.stderr
 
 
 def test_bench_without_numba_falls_back_to_blas():

@@ -358,11 +358,14 @@ def _bench_parser(sub):
                    help="iterations per communication measurement [2000]")
     p.add_argument("--train-iters", type=int, default=50, metavar="K",
                    help="iterations of each trainer run (scaling, memory) [50]")
-    p.add_argument("--no-runs", action="store_true",
-                   help="skip the parts that launch runs (comm without mpirun, memory, start-up, scaling)")
+    p.add_argument("--no-runs", action="store_true", help="skip the parts that launch runs (comm "
+                   "without mpirun, memory, start-up, scaling, generation)")
     p.add_argument("--work-dir", metavar="DIR", help="where the runs' data and outputs go [a temporary dir]")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
-    p.add_argument("--part", choices=("all", "comm"), default="all", help=argparse.SUPPRESS)
+    p.add_argument("--generate-rows", type=int, default=3_000_000, metavar="N", help="rows x 40 of "
+                   "`generate` by 1 vs 2 ranks, into a new file and over its own; 0: skip [3000000]")
+    p.add_argument("--part", choices=("all", "comm", "generate"), default="all", help="all; generate: "
+                   "the generation rows alone; comm: the 2-rank part the bench launches [all]")
     return p
 
 

@@ -10,11 +10,13 @@ From one run it measures, next to each other, and prints one table (or --json):
   memory       peak RSS per rank of real trainer runs vs their shard bytes
   start-up     wall time of a tiny 10-iteration 2-rank run, end to end (mpirun included)
   scaling      2-rank speedup of the trainer vs the two-process read-bandwidth ceiling
+  generate     `generate` by 2 ranks vs 1, into a new file and over its earlier one
+               (generate_bench.py)
 
 Run without mpirun, it launches the MPI parts itself (mpirun -n 2). Under `mpirun -n M`
 every rank measures its kernels at once (so the table shows the kernels under M-way
 memory contention) and the comm part uses those M ranks; the parts that start runs of
-their own (memory, start-up, scaling) are skipped there.
+their own (memory, start-up, scaling, generate) are skipped there.
 """
 
 import json
@@ -38,6 +40,7 @@ from ..solver import StopRules, gradient_descent
 from ..synthetic import generate
 from ..timing import BCAST, REDUCE, SYNC, PhaseClock
 from . import probe
+from .generate_bench import generate_case
 from .load_bench import load_case
 from .bench_table import RSS_EXTRA_MB, RSS_FACTOR, table
 
@@ -230,7 +233,7 @@ def startup_runs(work, repeat, timeout):
 # ---------------------------------------------------------------- the command
 
 def measure_all(comm, rows_mb, features, dtypes, repeat, comm_iters=2000, train_iters=50,
-        skip_runs=False, timeout=900, work_dir=None):
+        skip_runs=False, timeout=900, work_dir=None, generate_rows=0):
     """Collective. Returns the results dict on rank 0 (None elsewhere)."""
     threadpool_limits(limits=1, user_api="blas")  # one core per rank, like the trainer
     rows_bytes = int(rows_mb * 2**20)
@@ -276,6 +279,8 @@ def measure_all(comm, rows_mb, features, dtypes, repeat, comm_iters=2000, train_
             result["memory"] = {"runs": {str(k): v["memory"] for k, v in runs.items()},
                                 "factor": RSS_FACTOR, "extra_mb": RSS_EXTRA_MB}
             result["startup_s"] = startup_runs(work, repeat, timeout)
+            if generate_rows:
+                result["generate"] = generate_case(work, generate_rows, repeat, timeout)
         finally:
             if work_dir is None:
                 shutil.rmtree(work, ignore_errors=True)
@@ -294,15 +299,29 @@ def run_comm_only(comm, features, iterations, repeat):
     return result if comm.rank == 0 else None
 
 
+def run_generate_only(work_dir, rows, repeat, timeout=900):
+    """`bench --part generate`: the generation rows alone (the bench started without mpirun)."""
+    work = tempfile.mkdtemp(prefix="mpigd-bench-", dir=work_dir)
+    try:
+        case = generate_case(work, rows, repeat, timeout)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"ranks": 1, "rows_mb": 0, "repeat": repeat, "cpus": os.cpu_count(),
+            "numba": numba_available(), "kernels": [], "generate": case}
+
+
 def command(args):
     """The `bench` subcommand (arguments already parsed and checked)."""
     comm = MPI.COMM_WORLD
     if args.part == "comm":
         result = run_comm_only(comm, args.features[0], args.comm_iters, args.repeat)
+    elif args.part == "generate":
+        result = run_generate_only(args.work_dir, args.generate_rows, args.repeat)
     else:
         result = measure_all(comm, args.rows_mb, args.features, args.dtype, args.repeat,
                      comm_iters=args.comm_iters, train_iters=args.train_iters,
-                     skip_runs=args.no_runs, work_dir=args.work_dir)
+                     skip_runs=args.no_runs, work_dir=args.work_dir,
+                     generate_rows=args.generate_rows)
     if comm.rank == 0:
         if args.json:
             print(json.dumps(result, indent=1))

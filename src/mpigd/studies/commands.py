@@ -13,7 +13,7 @@ import json
 import os
 
 from .. import rundir
-from ..errors import MpigdError
+from ..errors import MpigdError, launcher_size
 from ..options import comma_list
 from . import commbench
 from .plots import check_available as check_plots_available
@@ -103,6 +103,11 @@ def bench(args) -> int:
         raise MpigdError("--features, --rows-mb, --repeat, --comm-iters and --train-iters must be positive")
     if set(args.dtype) - {"float64", "float32"}:
         raise MpigdError(f"--dtype takes float64 and/or float32; got {','.join(args.dtype)}")
+    if args.generate_rows < 0:
+        raise MpigdError("--generate-rows must be >= 0 (0 skips the generation rows)")
+    if args.part == "generate" and (launcher_size() > 1 or args.generate_rows == 0):
+        raise MpigdError("--part generate launches its own 1- and 2-rank runs: start it without "
+                         "mpirun, with --generate-rows >= 1")
     from .bench import command  # imports mpi4py.MPI, which starts MPI: only after the checks
 
     return command(args)
