@@ -11,7 +11,6 @@ import time
 import numpy as np
 
 from . import __version__, generate_parallel, rundir
-from .data import block_range
 from .errors import MpigdError, launcher_rank, launcher_size
 
 # Rows per generation block: ~32 MB of float64 per block. It depends only on the number of
@@ -282,10 +281,19 @@ def _finish(h5file, rows, features, seed, noise, dtype, compression, condition) 
 
 
 def split_rows(rows: int, features: int, size: int, rank: int) -> tuple[int, int]:
-    """Rows [lo, hi) rank `rank` of `size` generates: whole blocks, balanced over the ranks."""
+    """Rows [lo, hi) rank `rank` of `size` generates: whole blocks, the rows balanced.
+
+    Boundary r is the block boundary nearest to r/size of the rows, so the last, short
+    block counts for its rows. 3e6 x 40 on 2 ranks: 14 and 14.6 blocks, where whole blocks
+    dealt out gave rank 0 (which also writes the joined file) 15 and rank 1 13.6
+    (-n 2: 1.39 -> 1.33 s, medians of 5).
+    """
     step = block_rows(features)
-    first, end = block_range(-(-rows // step), size, rank)
-    return min(rows, first * step), min(rows, end * step)
+
+    def boundary(r: int) -> int:  # round(r * rows / (size * step)) * step, in integers
+        return rows if r == size else min(rows, (2 * r * rows + size * step) // (2 * size * step) * step)
+
+    return boundary(rank), boundary(rank + 1)
 
 
 def matches(path: str, rows: int, features: int, seed: int, noise: float, dtype: str,
