@@ -117,6 +117,48 @@ def test_a_plain_file_written_over_a_joined_one_removes_its_parts(tmp_path, repl
     assert not virtual and data["X"].tobytes() == X.tobytes()
 
 
+def _cached_fraction(path) -> float:
+    """The fraction of `path`'s pages in the page cache (mincore on a private mapping)."""
+    import ctypes
+    import mmap
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        mapping = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)  # writable: from_buffer
+    pages = -(-size // mmap.PAGESIZE)
+    resident = (ctypes.c_ubyte * pages)()
+    start = ctypes.c_char.from_buffer(mapping)
+    libc = ctypes.CDLL(None, use_errno=True)
+    failed = libc.mincore(ctypes.c_void_p(ctypes.addressof(start)), ctypes.c_size_t(size), resident)
+    del start
+    mapping.close()
+    assert failed == 0, os.strerror(ctypes.get_errno())
+    return sum(page & 1 for page in resident) / pages
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_the_replaced_files_cached_pages_are_dropped_first(tmp_path, ranks):
+    # Replacing a file, the generator drops the old file's (and parts') cached pages before
+    # it writes, so that the new file reuses them. Hard links keep the old files alive past
+    # the replace, so their pages can still be counted afterwards.
+    out = tmp_path / "data.h5"
+    args = ("generate", "--rows", 2 * synthetic.block_rows(FEATURES), "--features", FEATURES,
+            "--out", out, "--parallel-io", "parts")  # two blocks: a part per rank
+    assert mpirun(ranks, *args).returncode == 0
+    old = [str(out), *sorted(glob.glob(str(tmp_path / ".data.h5.parts-*" / "part-*.h5")))]
+    assert len(old) == (1 if ranks == 1 else 3)
+    kept = []
+    for i, name in enumerate(old):
+        with open(name, "rb") as f:
+            f.read()  # every page cached
+        kept.append(str(tmp_path / f"kept-{i}"))
+        os.link(name, kept[-1])
+    data_files = kept[1:] or kept  # a joined file's own pages are few: its parts hold the rows
+    assert min(_cached_fraction(k) for k in data_files) > 0.9
+    assert mpirun(ranks, *args).returncode == 0
+    assert max(_cached_fraction(k) for k in data_files) < 0.1
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_a_failure_on_one_rank_leaves_no_file_and_no_parts(tmp_path, layout):
     out = tmp_path / "failed.h5"

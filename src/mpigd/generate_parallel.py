@@ -122,6 +122,14 @@ def remove_stale_parts(path: str, keep: str | None = None) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
+def drop_replaced_cache(path: str, rank: int = 0, size: int = 1) -> None:
+    """Drop the cached pages of the file at `path` now and of its parts (rundir.drop_cached_pages),
+    before a new file replaces it; rank `rank` of `size` does every size-th of those files."""
+    files = [path] + sorted(glob.glob(os.path.join(parts_pattern(path), "part-*.h5")))
+    for name in files[rank::size]:
+        rundir.drop_cached_pages(name)
+
+
 def _planned_fault(comm, where: str) -> None:
     fault = faults.planned(comm.rank)  # MPIGD_INJECT_FAULT=RANK:generate (tests)
     if fault and fault[0] == "generate":

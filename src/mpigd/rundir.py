@@ -69,6 +69,28 @@ def start_writeback(path: str) -> None:
         os.close(descriptor)
 
 
+def drop_cached_pages(path: str) -> None:
+    """Ask the kernel to drop `path`'s clean pages from the page cache (a hint; nothing if
+    `path` is absent or the call is missing). Dirty pages stay; the file is unchanged.
+
+    For a file about to be replaced: its pages are of no more use, and freed now they are the
+    ones the new file's pages reuse, instead of both files' pages held at once until the
+    rename. On this VM memory not touched for a while costs ~1 s per GiB at first touch:
+    generating 3e6 x 40 over its own earlier file took 3.9-4.4 s with one rank, 2.3-2.6 s
+    with the old file's pages dropped first (2 ranks: 2.4-2.6 s, 1.5-1.6 s).
+    """
+    if not hasattr(os, "posix_fadvise"):
+        return
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(descriptor)
+
+
 def _libc_sync_file_range():
     if not sys.platform.startswith("linux"):
         return None

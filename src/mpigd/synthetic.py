@@ -254,6 +254,7 @@ def write(path: str, rows: int, features: int, seed: int = 0, noise: float = NOI
     if _speaks(comm):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     started = time.perf_counter()
+    generate_parallel.drop_replaced_cache(path, *((comm.rank, comm.size) if comm else (0, 1)))
     data = generate_parallel.Rows(
         rows, features, dtype, create=lambda f, n: create_rows(f, n, features, dtype, compression),
         fill=lambda X, y, lo: fill_rows(X, y, rows, features, seed, noise, lo, condition),
