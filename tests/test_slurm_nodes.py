@@ -234,7 +234,11 @@ def test_scancel_term_across_nodes_stops_cleanly_and_resumes_bitwise(nodes, data
     timed, _ = nodes.sbatch("--nodes=2", "--ntasks-per-node=1", "--time=1", "--signal=TERM@15",
                             str(SLURM_SCRIPTS / "train.sbatch"), "--data", data, "--iters", 10**6,
                             "--tol", 0, wait=False)
-    job, _ = _train(nodes, "--data", data, "--iters", 3000, "--tol", 0, "--lr", 1e-6, wait=False)
+    # 2 ms of sleep per iteration on rank 1 (the arithmetic, and so w, is unchanged): 3000
+    # iterations then take >= 6 s, so the scancel lands; without it a loaded machine once
+    # saw the job complete between its first progress line and the signal
+    job, _ = _train(nodes, "--data", data, "--iters", 3000, "--tol", 0, "--lr", 1e-6,
+                    "--straggler", "1:0.002", wait=False)
     _wait_iterating(nodes, job)
     nodes.run("scancel", "--signal=TERM", job)
     for run, state in zip((job, timed), nodes.wait(job, timed, timeout=150)):
