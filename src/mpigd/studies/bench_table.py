@@ -104,7 +104,8 @@ def table(result: dict) -> str:
     lines += [*_kernel_rows(result), *_load_rows(result), *_comm_rows(result), *_run_rows(result),
               *_generate_rows(result)]
     if result["ranks"] > 1:
-        lines.append("peak RSS, start-up, scaling: skipped under mpirun (run the bench without mpirun)")
+        lines.append("peak RSS, start-up, scaling, generate: skipped under mpirun (run the bench without "
+                     "mpirun)")
     lines.append("")
     lines.append("targets: kernel >= 90 % of the read floor (d >= 100); load <= 1.2 x a plain h5py "
                  "read; trainer comm <= 1.15 x bare; "
