@@ -92,7 +92,7 @@ def test_more_ranks_than_blocks_and_regenerating_replaces_the_parts(tmp_path):
     args = ("generate", "--rows", 1001, "--features", 7, "--seed", 2, "--out", out,
             "--parallel-io", "parts")
     for _ in range(2):
-        run = mpirun(3, *args)  # one block: ranks 1 and 2 write nothing
+        run = mpirun(3, *args)  # one block, the last rank's (split_rows): ranks 0 and 1 write nothing
         assert run.returncode == 0, run
     assert len(glob.glob(str(tmp_path / ".small.h5.parts-*"))) == 1  # the old parts are gone
     X, y = synthetic.rows_between(1001, 7, 2, 0, 1001)
