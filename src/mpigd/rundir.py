@@ -76,7 +76,8 @@ def drop_cached_pages(path: str) -> None:
     For a file about to be replaced: its pages are of no more use, and freed now they are the
     ones the new file's pages reuse, instead of both files' pages held at once until the
     rename. On this VM freed memory goes back to the host at once (free page reporting) and
-    costs 1.5-2.5 s per GiB to touch again, so reusing the old file's pages matters: generating 3e6 x 40 over its own earlier file took 3.9-4.4 s with one rank, 2.3-2.6 s
+    costs 1.5-2.5 s per GiB to touch again, so reusing the old file's pages matters:
+    generating 3e6 x 40 over its own earlier file took 3.9-4.4 s with one rank, 2.3-2.6 s
     with the old file's pages dropped first (2 ranks: 2.4-2.6 s, 1.5-1.6 s).
     """
     if not hasattr(os, "posix_fadvise"):
