@@ -15,6 +15,16 @@ KERNELS = ["blas", "numba"]
 SHAPES = [(1, 1), (3, 1), (4, 1), (7, 5), (257, 1), (1000, 3), (4099, 100), (5001, 17), (9, 1000)]
 
 
+@pytest.fixture(params=[False, True], ids=["interleaved-dots", "sequential-dots"])
+def dot_order(request, monkeypatch):
+    """Both orders of the fused kernel's dot products, whichever this CPU's default
+    (fused.SEQUENTIAL_DOTS) is: each must be right on every machine CI may run on."""
+    from mpigd import fused
+
+    monkeypatch.setattr(fused, "SEQUENTIAL_DOTS", request.param)
+    return request.param
+
+
 def reference(X, y, w):
     X, y = X.astype(np.float64), y.astype(np.float64)
     r = X @ w - y
@@ -36,7 +46,7 @@ def check(shard, X, y, w, rtol):
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-12), (np.float32, 1e-4)])
-def test_kernel_matches_reference(kernel, shape, dtype, rtol):
+def test_kernel_matches_reference(kernel, shape, dtype, rtol, dot_order):
     rng = np.random.default_rng(shape[0] * 7 + shape[1])
     X = rng.standard_normal(shape).astype(dtype)
     y = rng.standard_normal(shape[0]).astype(dtype)
@@ -48,7 +58,7 @@ def test_kernel_matches_reference(kernel, shape, dtype, rtol):
 
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-12), (np.float32, 1e-4)])
-def test_non_contiguous_input(kernel, dtype, rtol):
+def test_non_contiguous_input(kernel, dtype, rtol, dot_order):
     rng = np.random.default_rng(3)
     X = rng.standard_normal((301, 24)).astype(dtype)[:, ::3]   # strided columns
     y = rng.standard_normal(301).astype(dtype)
