@@ -24,6 +24,8 @@ def test_bench_alone_runs_everything_and_has_all_keys(tmp_path):
         ("float64", 10), ("float64", 100), ("float32", 10), ("float32", 100)]
     for case in result["kernels"]:
         assert case["probe_s"] > 0 and case["blas"]["pct_of_floor"] > 0
+        # the floor is the faster of the two reads
+        assert case["probe_s"] == min(case["probe_dot_s"], case["probe_or_s"])
     assert result["comm"]["ranks"] == 2 and result["comm"]["ratio"] > 0
     assert set(result["memory"]["runs"]) == {"1", "2"}
     assert result["scaling"]["ceiling"] > 0 and result["scaling"]["speedup"] > 0

@@ -18,7 +18,10 @@ def _row(*cells):
 def _kernel_rows(result):
     for c in result["kernels"]:
         what = f"{c['dtype']} d={c['features']} ({c['rows']} rows)"
-        yield _row(f"probe X@w {what}", f"{c['probe_s'] * 1e3:.1f} ms", f"{c['probe_gb_s']:.1f} GB/s", "", "")
+        for name, label in (("dot", "X@w"), ("or", "OR")):
+            seconds = c[f"probe_{name}_s"]
+            yield _row(f"probe {label} {what}", f"{seconds * 1e3:.1f} ms",
+                       f"{c['bytes'] / seconds / 1e9:.1f} GB/s", "floor" if seconds == c["probe_s"] else "", "")
         for name in ("blas", "numba"):
             k = c[name]
             if k is None:
