@@ -78,8 +78,8 @@ def _dot(x, w):
 def _pass(X, y, use_y, w, acc, out, sequential):
     """out += sum_i r_i x_i with r_i = x_i.w - y_i (or x_i.w without y); return sum r_i^2 / 2.
 
-    w and acc have X's dtype; out is float64. acc is scratch (overwritten). `sequential`:
-    SEQUENTIAL_DOTS.
+    w and acc have X's dtype; out is float64. acc is scratch (overwritten). `sequential`
+    chooses the order of a group's dot products (SEQUENTIAL_DOTS says why).
     """
     n, d = X.shape
     zero = w.dtype.type(0)
