@@ -80,6 +80,21 @@ def test_usage_error_is_printed_once(problem):
     assert_one_clean_error(run, "unrecognized arguments")
 
 
+@pytest.mark.parametrize("when", ["before MPI", "agreed under MPI"])
+def test_silent_ranks_wait_until_rank_0_has_spoken(problem, tmp_path, when):
+    # Open MPI ends the job at the first non-zero exit: a silent rank that left before a
+    # slow rank 0 had written its line took the only message with it.
+    late = {"MPIGD_INJECT_FAULT": "0:report"}
+    if when == "before MPI":
+        run = mpirun(3, "--data", problem[2], "--iters", "0", env=late)
+        assert_one_clean_error(run, "--iters must be >= 1")
+    else:
+        run = mpirun(3, "--data", problem[2], "--iters", 2, out=str(tmp_path / "run"),
+                     env={**late, "MPIGD_KERNEL": "bogus"})
+        assert_one_clean_error(run, "MPIGD_KERNEL must be one of")
+    assert run.returncode == 2, run
+
+
 def test_dedicated_server_needs_two_ranks(problem, tmp_path):
     _, _, path = problem
     run = mpirun(1, "--data", path, "--dedicated-server", out=str(tmp_path / "r"))

@@ -4,6 +4,7 @@ Only buffer-based (uppercase) mpi4py calls are used: no pickling on any path. Te
 (an error message, a host name) travels as a zero-padded uint8 buffer.
 """
 
+import time
 from contextlib import contextmanager
 
 import numpy as np
@@ -70,6 +71,21 @@ def agreed(comm, doing: str):
     except Exception as exc:  # noqa: BLE001 - any failure here must be agreed, not hang
         error = f"{doing} failed: {type(exc).__name__}: {exc}"
     agree(comm, error, code)
+
+
+def barrier_within(comm, seconds: float) -> bool:
+    """A barrier that gives up after `seconds`: False if some rank never came.
+
+    For exit paths only, where every rank should be at the same point but a wait that never
+    ends would be worse than the message it protects.
+    """
+    request = comm.Ibarrier()
+    deadline = time.monotonic() + seconds
+    while not request.Test():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
 
 
 def abort(code: int) -> None:

@@ -3,11 +3,14 @@
 Set MPIGD_INJECT_FAULT=RANK:PLACE[:ITERATION], PLACE being `load` (while reading the
 data), `loop` (after the given iteration of training, default 0) or `generate`
 (a rank of a parallel `generate`, after writing its part file); `power` makes the
-rank hang (sleep) in the given pass of the power iteration (stepsize.py). Unset, this costs a
-dictionary lookup at start-up and nothing in the loop.
+rank hang (sleep) in the given pass of the power iteration (stepsize.py); `report` makes
+the rank take a second longer to report an error every rank hit (__main__.py), as a rank
+the scheduler kept waiting would. Unset, this costs a dictionary lookup at start-up and
+nothing in the loop.
 """
 
 import os
+import time
 
 import numpy as np
 
@@ -29,6 +32,12 @@ def planned(rank):
 
 def fail(place, rank):
     raise InjectedFault(f"fault injected by MPIGD_INJECT_FAULT at {place} on rank {rank}")
+
+
+def slow_report(rank: int) -> None:
+    """`RANK:report`: this rank sleeps a second before it reports an agreed error."""
+    if (planned(rank) or ("",))[0] == "report":
+        time.sleep(1.0)
 
 
 class Jitter:
