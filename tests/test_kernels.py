@@ -15,14 +15,19 @@ KERNELS = ["blas", "numba"]
 SHAPES = [(1, 1), (3, 1), (4, 1), (7, 5), (257, 1), (1000, 3), (4099, 100), (5001, 17), (9, 1000)]
 
 
-@pytest.fixture(params=[False, True], ids=["interleaved-dots", "sequential-dots"])
-def dot_order(request, monkeypatch):
-    """Both orders of the fused kernel's dot products, whichever this CPU's default
-    (fused.SEQUENTIAL_DOTS) is: each must be right on every machine CI may run on."""
-    from mpigd import fused
+# Each kernel once, and the fused one in both orders of its dot products, whichever this
+# CPU's default (fused.SEQUENTIAL_DOTS) is: each must be right on every machine CI may run on.
+KERNEL_CASES = [("blas", None), ("numba", False), ("numba", True)]
+KERNEL_IDS = ["blas", "numba-interleaved-dots", "numba-sequential-dots"]
 
-    monkeypatch.setattr(fused, "SEQUENTIAL_DOTS", request.param)
-    return request.param
+
+def use(kernel, sequential_dots, monkeypatch):
+    """`kernel`, with the fused kernel's dot order set for this test (None: the default)."""
+    if sequential_dots is not None:
+        from mpigd import fused
+
+        monkeypatch.setattr(fused, "SEQUENTIAL_DOTS", sequential_dots)
+    return kernel
 
 
 def reference(X, y, w):
@@ -43,10 +48,11 @@ def check(shard, X, y, w, rtol):
     np.testing.assert_allclose(v, Xd.T @ (Xd @ w), rtol=rtol * 10, atol=rtol * float(np.abs(v).max() + 1))
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel,sequential_dots", KERNEL_CASES, ids=KERNEL_IDS)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-12), (np.float32, 1e-4)])
-def test_kernel_matches_reference(kernel, shape, dtype, rtol, dot_order):
+def test_kernel_matches_reference(kernel, sequential_dots, shape, dtype, rtol, monkeypatch):
+    kernel = use(kernel, sequential_dots, monkeypatch)
     rng = np.random.default_rng(shape[0] * 7 + shape[1])
     X = rng.standard_normal(shape).astype(dtype)
     y = rng.standard_normal(shape[0]).astype(dtype)
@@ -56,9 +62,10 @@ def test_kernel_matches_reference(kernel, shape, dtype, rtol, dot_order):
     check(shard, X, y, w, rtol)
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel,sequential_dots", KERNEL_CASES, ids=KERNEL_IDS)
 @pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-12), (np.float32, 1e-4)])
-def test_non_contiguous_input(kernel, dtype, rtol, dot_order):
+def test_non_contiguous_input(kernel, sequential_dots, dtype, rtol, monkeypatch):
+    kernel = use(kernel, sequential_dots, monkeypatch)
     rng = np.random.default_rng(3)
     X = rng.standard_normal((301, 24)).astype(dtype)[:, ::3]   # strided columns
     y = rng.standard_normal(301).astype(dtype)

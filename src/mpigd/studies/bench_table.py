@@ -1,5 +1,7 @@
 """The bench's results as one table, with the targets they are judged against."""
 
+from .probe import LABELS
+
 RSS_FACTOR, RSS_EXTRA_MB = 1.15, 150      # peak RSS <= 1.15 x shard + 150 MB
 TARGETS = {"kernel_pct": 90.0, "comm_ratio": 1.15, "clock_pct": 1.0, "startup_s": 1.5,
            "speedup_of_ceiling_pct": 90.0, "load_ratio": 1.2,
@@ -18,7 +20,7 @@ def _row(*cells):
 def _kernel_rows(result):
     for c in result["kernels"]:
         what = f"{c['dtype']} d={c['features']} ({c['rows']} rows)"
-        for name, label in (("dot", "X@w"), ("or", "OR")):
+        for name, label in LABELS.items():
             seconds = c[f"probe_{name}_s"]
             yield _row(f"probe {label} {what}", f"{seconds * 1e3:.1f} ms",
                        f"{c['bytes'] / seconds / 1e9:.1f} GB/s", "floor" if seconds == c["probe_s"] else "", "")

@@ -46,9 +46,13 @@ def median_seconds(fn, repeat, warmup=1):
     return statistics.median(times)
 
 
+# The probes of `reads`, by what the bench's table calls them.
+LABELS = {"dot": "X@w", "or": "OR"}
+
+
 def reads(X) -> dict:
-    """The two probes over X (C-contiguous), as functions: "dot" (X @ w) and "or" (the OR
-    of its words)."""
+    """The probes over X (C-contiguous), as functions, keyed as LABELS: "dot" (X @ w) and
+    "or" (the OR of its words)."""
     w = np.full(X.shape[1], 0.5, dtype=X.dtype)
     out = np.empty(X.shape[0], dtype=X.dtype)
     words = X.reshape(-1).view(f"u{X.itemsize}")
