@@ -2,8 +2,10 @@
 its --json carries every measurement the table shows."""
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +92,15 @@ def test_bench_without_numba_falls_back_to_blas():
     assert "numba not installed" in proc.stdout and "kernel blas" in proc.stdout
     assert "mpigd load (read+check+checksum)" in proc.stdout  # --no-runs keeps the load row
     assert "kernel numba" in proc.stdout and "not installed" in proc.stdout
+
+
+def test_kernel_anatomy_script_prints_every_rate():
+    pytest.importorskip("numba")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "kernel_anatomy.py"
+    proc = subprocess.run([sys.executable, str(script), "100", "float32", "4"],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    rates = dict(re.findall(r"^  (\S.*?\S)\s+([\d.]+) GB/s", proc.stdout, re.MULTILINE))
+    assert set(rates) == {"floor (OR), memory", "kernel, memory", "floor (OR), L2", "kernel, L2",
+                          "no-overlap estimate"}, proc.stdout
+    assert all(float(v) > 0 for v in rates.values())
