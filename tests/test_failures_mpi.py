@@ -95,6 +95,20 @@ def test_silent_ranks_wait_until_rank_0_has_spoken(problem, tmp_path, when):
     assert run.returncode == 2, run
 
 
+def test_a_rank_that_never_starts_mpi_ends_the_job_with_one_message(problem, tmp_path):
+    # MPI_Init waits for every rank, before any watchdog runs: only its deadline ends this.
+    run = mpirun(2, "--data", problem[2], "--iters", 2, out=str(tmp_path / "run"),
+                 env={"MPIGD_INJECT_FAULT": "1:init", "MPIGD_INIT_TIMEOUT": "3"})
+    assert_one_clean_error(run, "MPI did not start within 3 s", "MPIGD_INIT_TIMEOUT")
+    assert 3 <= run.seconds < 20, run.seconds
+
+
+def test_a_bad_init_timeout_is_one_message(problem):
+    run = mpirun(2, "--data", problem[2], "--iters", 2, env={"MPIGD_INIT_TIMEOUT": "soon"})
+    assert_one_clean_error(run, "MPIGD_INIT_TIMEOUT must be a number of seconds > 0, got 'soon'")
+    assert run.returncode == 2, run
+
+
 def test_dedicated_server_needs_two_ranks(problem, tmp_path):
     _, _, path = problem
     run = mpirun(1, "--data", path, "--dedicated-server", out=str(tmp_path / "r"))

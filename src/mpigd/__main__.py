@@ -19,6 +19,7 @@ import traceback
 from . import faults
 from .cli import main as cli_main
 from .errors import ExitCode, MpigdError, launcher_size, world_rank, world_size
+from . import mpistart
 
 
 # Between a rank's last message and MPI_Abort: the launcher forwards the rank's output from
@@ -77,6 +78,7 @@ def _all_ranks_reached_it() -> bool:
 
 def guarded_main(argv: list[str] | None = None) -> int:
     try:
+        mpistart.install()
         return cli_main(argv)
     except MpigdError as exc:
         if exc.collective or world_size() == 1:

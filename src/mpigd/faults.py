@@ -5,7 +5,8 @@ data), `loop` (after the given iteration of training, default 0) or `generate`
 (a rank of a parallel `generate`, after writing its part file); `power` makes the
 rank hang (sleep) in the given pass of the power iteration (stepsize.py); `report` makes
 the rank take a second longer to report an error every rank hit (__main__.py), as a rank
-the scheduler kept waiting would. Unset, this costs a dictionary lookup at start-up and
+the scheduler kept waiting would; `init` makes it sleep instead of starting MPI, as a rank
+that never arrives would (mpistart.py). Unset, this costs a dictionary lookup at start-up and
 nothing in the loop.
 """
 
@@ -38,6 +39,12 @@ def slow_report(rank: int) -> None:
     """`RANK:report`: this rank sleeps a second before it reports an agreed error."""
     if (planned(rank) or ("",))[0] == "report":
         time.sleep(1.0)
+
+
+def slow_init(rank: int) -> None:
+    """`RANK:init`: this rank sleeps ten minutes before MPI_Init (the others' deadline ends it)."""
+    if (planned(rank) or ("",))[0] == "init":
+        time.sleep(600.0)
 
 
 class Jitter:
