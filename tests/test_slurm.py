@@ -285,6 +285,19 @@ def test_a_failing_run_fails_the_job_with_one_clear_error(cluster, data, options
     assert "Traceback" not in log and not (cluster.workdir / "runs" / job).exists()
 
 
+def test_a_rank_that_never_starts_mpi_fails_the_job_soon(cluster, data):
+    # Rank 1 sleeps instead of starting MPI: rank 0 waits in MPI_Init (srun's PMI fence)
+    # until its deadline, says so once, and the step ends long before the time limit.
+    started = time.monotonic()
+    job, proc = cluster.sbatch(_sbatch_script("train.sbatch"), "--data", data, "--iters", 30,
+                               env={"MPIGD_INJECT_FAULT": "1:init", "MPIGD_INIT_TIMEOUT": "3"})
+    seconds = time.monotonic() - started
+    log = (cluster.workdir / f"mpigd-{job}.out").read_text()
+    assert proc.returncode != 0 and seconds < 60, (seconds, log)
+    assert cluster.job(job)["State"] == "FAILED", (cluster.job(job), log)
+    assert log.count("mpigd: error:") == 1 and "MPI did not start within 3 s" in log, log
+
+
 def _pids_of_rank(job, rank):
     """The PIDs of `python -m mpigd` with this job id and task rank (read from /proc)."""
     pids = []
