@@ -8,7 +8,8 @@ next collective forever. This entry point gives the same guarantee itself:
   which every rank hits alike) are printed once by rank 0 and all ranks exit with 2,
   none before rank 0 has written the line;
 * anything else on any rank — an unexpected exception, a non-zero sys.exit, Ctrl-C —
-  is reported by that rank and ends the whole job through MPI_Abort.
+  is reported by that rank and ends the whole job through MPI_Abort;
+* MPI_Init itself gets a deadline (mpistart.py), the one wait no watchdog can see.
 """
 
 import os
@@ -16,10 +17,9 @@ import sys
 import time
 import traceback
 
-from . import faults
+from . import faults, mpistart
 from .cli import main as cli_main
 from .errors import ExitCode, MpigdError, launcher_size, world_rank, world_size
-from . import mpistart
 
 
 # Between a rank's last message and MPI_Abort: the launcher forwards the rank's output from
