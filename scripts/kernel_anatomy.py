@@ -14,12 +14,11 @@ floor overlaps them. Needs the `fast` extra (numba).
 
 import statistics
 import sys
-import time
 
 import numpy as np
 
 from mpigd import fused
-from mpigd.studies.probe import fill_random, reads
+from mpigd.studies.probe import fill_random, interleaved_seconds, reads
 
 # In L2 (1 MB a core on Zen 4), and big enough that a call's ~1.5 us of dispatch is ~10 %.
 L2_BLOCK_BYTES = 512 * 1024
@@ -50,14 +49,9 @@ def main(features: int = 1000, dtype: str = "float64", megabytes: int = 800) -> 
              "floor (OR), L2": repeated(reads(X[:small])["or"], passes),
              "kernel, L2": repeated(kernel(X[:small], y[:small]), passes)}
     fused.warm_up(dtype)
-    seconds = {name: [] for name in timed}
     for fn in timed.values():
         fn()
-    for _ in range(ROUNDS):  # in turn, so a load that comes and goes hits all alike
-        for name, fn in timed.items():
-            started = time.perf_counter()
-            fn()
-            seconds[name].append(time.perf_counter() - started)
+    seconds = interleaved_seconds(timed, ROUNDS)
     rate = {name: X.nbytes / statistics.median(s) / 1e9 for name, s in seconds.items()}
     floor = rate["floor (OR), memory"]
     no_overlap = 1.0 / (1.0 / floor + 1.0 / rate["kernel, L2"])

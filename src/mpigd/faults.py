@@ -35,16 +35,20 @@ def fail(place, rank):
     raise InjectedFault(f"fault injected by MPIGD_INJECT_FAULT at {place} on rank {rank}")
 
 
+def _sleep_if_planned(rank: int, place: str, seconds: float) -> None:
+    fault = planned(rank)
+    if fault is not None and fault[0] == place:
+        time.sleep(seconds)
+
+
 def slow_report(rank: int) -> None:
     """`RANK:report`: this rank sleeps a second before it reports an agreed error."""
-    if (planned(rank) or ("",))[0] == "report":
-        time.sleep(1.0)
+    _sleep_if_planned(rank, "report", 1.0)
 
 
 def slow_init(rank: int) -> None:
     """`RANK:init`: this rank sleeps ten minutes before MPI_Init (the others' deadline ends it)."""
-    if (planned(rank) or ("",))[0] == "init":
-        time.sleep(600.0)
+    _sleep_if_planned(rank, "init", 600.0)
 
 
 class Jitter:

@@ -67,17 +67,10 @@ def kernel_case(comm, rows_bytes, features, dtype, repeat):
             continue
         shards[name] = LeastSquaresShard(X, y, kernel=name)
         timed[name] = lambda s=shards[name]: s.gradient(w, g)
-    # Rounds of probes, blas, numba in turn: a load that comes and goes (other jobs on the
-    # machine) then hits all of them alike, and their ratios stay fair.
-    seconds = {name: [] for name in timed}
     for fn in timed.values():
         fn()  # warm: pages, caches, lazy imports
     comm.Barrier()
-    for _ in range(repeat):
-        for name, fn in timed.items():
-            started = time.perf_counter()
-            fn()
-            seconds[name].append(time.perf_counter() - started)
+    seconds = probe.interleaved_seconds(timed, repeat)  # probes, blas, numba in turn
     median = {name: statistics.median(values) for name, values in seconds.items()}
     for name in probes:
         case[f"probe_{name}_s"] = median[f"probe_{name}"]

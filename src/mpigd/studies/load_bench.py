@@ -12,13 +12,13 @@ untimed warm-up, as the trainer counts them in the kernel's set-up). The plain s
 import functools
 import os
 import statistics
-import time
 
 import h5py
 
 from .. import data
 from ..objective import fast_scan
 from ..synthetic import generate
+from .probe import interleaved_seconds
 
 
 def _plain(path, lo, hi):
@@ -39,17 +39,14 @@ def load_case(work, rows_bytes, features, repeat):
     path = os.path.join(work, f"load-{rows}x{features}.h5")
     generate(path, rows, features)
     fast = fast_scan(rows, features, 8, 1)  # as train._load decides it
-    timed = {"plain": _plain, "mpigd": functools.partial(_mpigd, fast=fast)}
-    seconds = {name: [] for name in timed}
+    timed = {"plain": functools.partial(_plain, path, 0, rows),
+             "mpigd": functools.partial(_mpigd, path, 0, rows, fast=fast)}
     try:
         for fn in timed.values():
-            fn(path, 0, rows)  # warm: page cache, imports
-        for _ in range(max(5, repeat)):  # a read is short and noisy: at least 5 rounds
-            for name, fn in timed.items():
-                started = time.perf_counter()
-                loaded = fn(path, 0, rows)
-                seconds[name].append(time.perf_counter() - started)
-                del loaded  # freed before the next read: both start from the same memory state
+            fn()  # warm: page cache, imports
+        # a read is short and noisy: at least 5 rounds; each result is freed before the next
+        # read, so both start from the same memory state
+        seconds = interleaved_seconds(timed, max(5, repeat))
     finally:
         os.remove(path)
     plain, mine = (statistics.median(seconds[k]) for k in ("plain", "mpigd"))

@@ -46,6 +46,20 @@ def median_seconds(fn, repeat, warmup=1):
     return statistics.median(times)
 
 
+def interleaved_seconds(timed: dict, rounds: int) -> dict:
+    """{name: [seconds per round]} of the functions in `timed`, called in turn, `rounds`
+    times: a load that comes and goes (other jobs on the machine) then hits all of them
+    alike, and their ratios stay fair. Results are dropped at once, so every call starts
+    from the same memory state. The caller warms them up first."""
+    seconds = {name: [] for name in timed}
+    for _ in range(rounds):
+        for name, fn in timed.items():
+            started = time.perf_counter()
+            fn()
+            seconds[name].append(time.perf_counter() - started)
+    return seconds
+
+
 # The probes of `reads`, by what the bench's table calls them.
 LABELS = {"dot": "X@w", "or": "OR"}
 
